@@ -1,0 +1,1 @@
+"""agentroomctl: the command line that drives agentroomd over its Unix control socket."""

@@ -1,0 +1,1 @@
+"""agentroom protocol core: sans-I/O, PyNaCl only."""
