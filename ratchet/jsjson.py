@@ -1,0 +1,230 @@
+"""ECMAScript ``JSON.stringify`` / ``JSON.parse``, reproduced byte for byte.
+
+The reference has no canonical-JSON routine: every signed byte string is ``JSON.stringify`` of an
+object built in code, or of the object ``JSON.parse`` produced from received text (invite
+verification). To verify what the reference signs, and to sign what it verifies, we must produce the
+same text, so this module follows ECMAScript to the letter rather than Python's ``json`` defaults:
+
+* keys keep insertion order, except that array-index keys ("0", "7", "10", not "01") come first in
+  ascending numeric order, as in every JS object;
+* numbers are IEEE-754 doubles printed by ``Number::toString`` (shortest round-trip digits, plain
+  notation from 1e-6 up to 1e21, otherwise ``1e+21`` / ``1.5e-7``); a Python ``int`` is a JS number
+  too, so integers beyond 2**53 lose precision exactly as they do in JS; non-finite numbers print
+  as ``null``;
+* only ``"``, ``\\`` and U+0000..U+001F are escaped; non-ASCII is written raw; lone surrogates are
+  written as lowercase ``\\udXXX`` (ES2019 well-formed stringify).
+"""
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+from ratchet.errors import EncodingError
+
+__all__ = ["js_stringify", "js_utf8_encode", "parse_json", "parse_json_object"]
+
+_MAX_ARRAY_INDEX = 2**32 - 2
+_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
+
+# A surrogate pair is one astral character in JS (written raw); anything else in the class is escaped.
+_STRING_ESCAPE = re.compile(r'([\ud800-\udbff][\udc00-\udfff])|([\x00-\x1f"\\\ud800-\udfff])')
+_SURROGATES = re.compile(r"([\ud800-\udbff][\udc00-\udfff])|[\ud800-\udfff]")
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+# Integer literals longer than this cannot be finite doubles' exact digits anyway; parse them as
+# floats (which overflow to inf, i.e. JS Infinity) instead of hitting Python's int-digits limit.
+_MAX_INT_LITERAL_DIGITS = 400
+
+
+def _join_pair(pair: str) -> str:
+    """One astral character from a UTF-16 surrogate pair held as two code points."""
+    high, low = ord(pair[0]), ord(pair[1])
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+
+
+def _escape_match(match: "re.Match[str]") -> str:
+    pair = match.group(1)
+    if pair is not None:
+        return _join_pair(pair)
+    char = match.group(2)
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    return f"\\u{ord(char):04x}"
+
+
+def _quote(text: str) -> str:
+    return '"' + _STRING_ESCAPE.sub(_escape_match, text) + '"'
+
+
+def js_utf8_encode(text: str) -> bytes:
+    """UTF-8 bytes of a JS string, as Node's ``Buffer.from(text, "utf8")`` makes them.
+
+    Surrogate pairs held as two code points become one 4-byte character and lone surrogates become
+    U+FFFD, so any Python ``str`` (for example one decoded from JSON ``\\ud800`` escapes) encodes.
+    """
+    return _SURROGATES.sub(lambda m: _join_pair(m.group(1)) if m.group(1) else "\ufffd", text).encode("utf-8")
+
+
+def _format_number(value: float) -> str:
+    """ECMAScript ``Number::toString(10)`` for a finite double (JSON.stringify's number form)."""
+    if value == 0:
+        return "0"  # also -0
+    sign = "-" if value < 0 else ""
+    # repr() gives the shortest digits that round-trip, which is what Number::toString picks as well.
+    decimal = Decimal(repr(abs(value)))
+    _, digit_tuple, exponent = decimal.as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent += len(digit_tuple) - len(digits)
+    k = len(digits)
+    n = exponent + k  # value = 0.digits * 10**n
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        body = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        e_text = f"e+{e}" if e >= 0 else f"e-{-e}"
+        body = (digits if k == 1 else digits[0] + "." + digits[1:]) + e_text
+    return sign + body
+
+
+def _number(value: int | float) -> str:
+    if isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:
+            return "null"  # beyond the double range: JS would hold Infinity
+    if not math.isfinite(value):
+        return "null"
+    return _format_number(value)
+
+
+def _is_array_index(key: str) -> bool:
+    return _ARRAY_INDEX.fullmatch(key) is not None and int(key) <= _MAX_ARRAY_INDEX
+
+
+def _ordered_items(obj: Mapping[object, object]) -> list[tuple[str, object]]:
+    """Own-property order of a JS object: array-index keys ascending, then the rest in insertion order."""
+    items: list[tuple[str, object]] = []
+    for key, item in obj.items():
+        if not isinstance(key, str):
+            raise TypeError(f"JSON object keys must be str, got {type(key).__name__}")
+        items.append((key, item))
+    indexed = sorted((kv for kv in items if _is_array_index(kv[0])), key=lambda kv: int(kv[0]))
+    if not indexed:
+        return items
+    return indexed + [kv for kv in items if not _is_array_index(kv[0])]
+
+
+def _write(value: object, out: list[str], indent: str, level: int) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        out.append(_quote(value))
+    elif isinstance(value, int | float):
+        out.append(_number(value))
+    elif isinstance(value, Mapping):
+        items = _ordered_items(value)
+        if not items:
+            out.append("{}")
+            return
+        inner = "\n" + indent * (level + 1) if indent else ""
+        out.append("{")
+        for position, (key, item) in enumerate(items):
+            if position:
+                out.append(",")
+            out.append(inner)
+            out.append(_quote(key))
+            out.append(": " if indent else ":")
+            _write(item, out, indent, level + 1)
+        if indent:
+            out.append("\n" + indent * level)
+        out.append("}")
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        if not value:
+            out.append("[]")
+            return
+        inner = "\n" + indent * (level + 1) if indent else ""
+        out.append("[")
+        for position, item in enumerate(value):
+            if position:
+                out.append(",")
+            out.append(inner)
+            _write(item, out, indent, level + 1)
+        if indent:
+            out.append("\n" + indent * level)
+        out.append("]")
+    else:
+        raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def js_stringify(value: object, indent: int = 0) -> str:
+    """Exactly ``JSON.stringify(value)``, or ``JSON.stringify(value, null, indent)`` when indent > 0.
+
+    Accepts None, bool, int, float, str, mappings with str keys and sequences (not bytes). Anything
+    else is a programming error and raises TypeError.
+    """
+    out: list[str] = []
+    _write(value, out, " " * min(max(indent, 0), 10), 0)
+    return "".join(out)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_int(literal: str) -> int | float:
+    if len(literal) > _MAX_INT_LITERAL_DIGITS:
+        return float(literal)
+    return int(literal)
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=dict,  # first position, last value for duplicate keys: what JSON.parse does
+    parse_constant=_reject_constant,
+    parse_int=_parse_int,
+    strict=True,
+)
+
+
+def parse_json(text: str) -> object:
+    """Strict JSON (RFC 8259, like ``JSON.parse``) with object key order preserved.
+
+    Objects become ``dict`` in received order (duplicates: the first position keeps the last value),
+    integers ``int``, other numbers ``float``. NaN/Infinity literals, trailing data, control
+    characters in strings and a leading BOM are rejected with ``EncodingError``.
+    """
+    try:
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise EncodingError(f"invalid JSON: {exc}") from exc
+
+
+def parse_json_object(text: str) -> dict[str, object]:
+    """``parse_json`` for text that must hold a JSON object at the top level."""
+    value = parse_json(text)
+    if not isinstance(value, dict):
+        raise EncodingError(f"invalid JSON: expected an object, got {_js_type(value)}")
+    return value
+
+
+def _js_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__

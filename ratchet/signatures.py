@@ -1,0 +1,68 @@
+"""What is signed, and how, for routed frames and HELLO.
+
+Routed frames (MSG, SESSION_ACK, INVITE_CLAIM / SESSION_INIT) are signed over the UTF-8 of
+``JSON.stringify({from, to, seq, nonce})`` in exactly that order: not over type, msg_id, ts,
+ciphertext or ratchet_pk (the reference's design; the AEAD protects the ciphertext). HELLO is signed
+over the UTF-8 of the challenge *text* as received, not over its base64url-decoded bytes.
+
+Verification never raises: a malformed key or signature (bad base64url, wrong length) is simply an
+invalid signature, as in the reference, where ``verify`` catches libsodium's exceptions.
+"""
+
+from ratchet.encoding import b64u_decode, b64u_encode
+from ratchet.errors import EncodingError
+from ratchet.jsjson import js_stringify, js_utf8_encode
+from ratchet.keys import KeyPair, verify
+
+__all__ = [
+    "hello_sig_input",
+    "routed_sig_input",
+    "sign_hello",
+    "sign_routed",
+    "verify_b64u",
+    "verify_hello",
+    "verify_routed",
+]
+
+
+def routed_sig_input(from_pk: str, to_pk: str, seq: int, nonce: str) -> bytes:
+    """The signed bytes of a routed frame: compact JSON of from, to, seq (a number) and nonce, in order."""
+    return js_utf8_encode(js_stringify({"from": from_pk, "to": to_pk, "seq": seq, "nonce": nonce}))
+
+
+def sign_routed(keypair: KeyPair, to_pk: str, seq: int, nonce: str) -> str:
+    """base64url Ed25519 signature of a routed frame sent by ``keypair`` (``from`` is its Ed25519 key)."""
+    message = routed_sig_input(b64u_encode(keypair.ed25519_pk), to_pk, seq, nonce)
+    return b64u_encode(keypair.sign(message))
+
+
+def verify_routed(from_pk: str, to_pk: str, seq: int, nonce: str, sig: str) -> bool:
+    """True when ``sig`` is ``from_pk``'s signature over this routed frame's {from, to, seq, nonce}."""
+    return verify_b64u(from_pk, routed_sig_input(from_pk, to_pk, seq, nonce), sig)
+
+
+def hello_sig_input(challenge: str) -> bytes:
+    """HELLO signs the challenge string's UTF-8 bytes (the base64url text itself)."""
+    return js_utf8_encode(challenge)
+
+
+def sign_hello(keypair: KeyPair, challenge: str) -> str:
+    """base64url Ed25519 signature for a HELLO answering ``challenge``."""
+    return b64u_encode(keypair.sign(hello_sig_input(challenge)))
+
+
+def verify_hello(ed25519_pk_b64u: str, challenge: str, sig_b64u: str) -> bool:
+    """True when ``sig_b64u`` is a valid HELLO signature of ``challenge`` by ``ed25519_pk_b64u``."""
+    return verify_b64u(ed25519_pk_b64u, hello_sig_input(challenge), sig_b64u)
+
+
+def verify_b64u(ed25519_pk_b64u: str, message: bytes, sig_b64u: str) -> bool:
+    """Ed25519 verification with the key and signature in (lenient) base64url; False on any malformation."""
+    if not isinstance(ed25519_pk_b64u, str) or not isinstance(sig_b64u, str):
+        return False
+    try:
+        public_key = b64u_decode(ed25519_pk_b64u)
+        signature = b64u_decode(sig_b64u)
+    except EncodingError:
+        return False
+    return verify(public_key, message, signature)
