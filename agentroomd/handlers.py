@@ -87,6 +87,24 @@ class HandlerLimits:
     queue_size: int = attrs.field(default=64, validator=_positive)
 
 
+def limits_from_table(table: Mapping[str, object]) -> HandlerLimits:
+    """Structure the config's ``[handlers]`` table; a ValueError names the offending key."""
+    fields = {field.name: field for field in attrs.fields(HandlerLimits)}
+    values: dict[str, int | float] = {}
+    for key, value in table.items():
+        field = fields.get(key)
+        if field is None:
+            raise ValueError(f"[handlers] unknown key {key!r} (known: {', '.join(fields)})")
+        wants_int = field.type in (int, "int")
+        if isinstance(value, bool) or not isinstance(value, int if wants_int else (int, float)):
+            raise ValueError(f"[handlers] {key}: expected {'an integer' if wants_int else 'a number'}, got {value!r}")
+        values[key] = value
+    try:
+        return HandlerLimits(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"[handlers] {exc}") from exc
+
+
 class HandlerOutcome(enum.Enum):
     REPLY = "reply"  #: printed something: send it
     NO_REPLY = "no_reply"  #: exit 0 and nothing printed
