@@ -726,7 +726,10 @@ def as_forwarded(frame: _F) -> _F:
     """The frame as the reference relay passes it on: its zod-parsed form, keys in PARSED layout.
 
     Use it for a client's routed frame before wrapping it in DELIVERY or storing it for later.
+    A DELIVERY's routed frame is re-laid-out too, as zod's output is parsed all the way down.
     """
+    if isinstance(frame, Delivery):
+        return attrs.evolve(frame, key_layout=KeyLayout.PARSED, routed=as_forwarded(frame.routed))
     return attrs.evolve(frame, key_layout=KeyLayout.PARSED)
 
 
