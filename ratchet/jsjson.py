@@ -18,12 +18,12 @@ same text, so this module follows ECMAScript to the letter rather than Python's 
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 from ratchet.errors import EncodingError
 
-__all__ = ["js_stringify", "js_utf8_encode", "parse_json", "parse_json_object"]
+__all__ = ["MAX_NESTING", "js_stringify", "js_utf8_encode", "parse_json", "parse_json_object"]
 
 _MAX_ARRAY_INDEX = 2**32 - 2
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
@@ -36,6 +36,8 @@ _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n
 # Integer literals longer than this cannot be finite doubles' exact digits anyway; parse them as
 # floats (which overflow to inf, i.e. JS Infinity) instead of hitting Python's int-digits limit.
 _MAX_INT_LITERAL_DIGITS = 400
+
+MAX_NESTING = 512
 
 
 def _join_pair(pair: str) -> str:
@@ -202,12 +204,34 @@ def parse_json(text: str) -> object:
 
     Objects become ``dict`` in received order (duplicates: the first position keeps the last value),
     integers ``int``, other numbers ``float``. NaN/Infinity literals, trailing data, control
-    characters in strings and a leading BOM are rejected with ``EncodingError``.
+    characters in strings and a leading BOM are rejected with ``EncodingError``, and so is nesting
+    deeper than ``MAX_NESTING`` (JS has no such limit, but no protocol value nests beyond 3, and a
+    value we accept must also be one ``js_stringify`` can write back without exhausting the stack).
     """
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise EncodingError(f"invalid JSON: {exc}") from exc
+    if _nests_deeper_than(value, MAX_NESTING):
+        raise EncodingError(f"invalid JSON: nested deeper than {MAX_NESTING} levels")
+    return value
+
+
+def _nests_deeper_than(value: object, limit: int) -> bool:
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children: Iterable[object]
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def parse_json_object(text: str) -> dict[str, object]:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ratchet.errors import EncodingError
-from ratchet.jsjson import js_stringify, js_utf8_encode, parse_json, parse_json_object
+from ratchet.jsjson import MAX_NESTING, js_stringify, js_utf8_encode, parse_json, parse_json_object
 
 
 def _load(vectors_dir: Path) -> dict[str, Any]:
@@ -110,6 +110,16 @@ def test_unsupported_values_are_a_programming_error() -> None:
 def test_invalid_json_is_an_encoding_error(text: str) -> None:
     with pytest.raises(EncodingError):
         parse_json(text)
+
+
+def test_nesting_is_limited_so_everything_parsed_can_be_written_back() -> None:
+    deep_ok = "[" * MAX_NESTING + "]" * MAX_NESTING
+    assert js_stringify(parse_json(deep_ok)) == deep_ok
+    mixed_ok = '{"a":' * (MAX_NESTING - 1) + "[]" + "}" * (MAX_NESTING - 1)
+    assert js_stringify(parse_json(mixed_ok)) == mixed_ok
+    too_deep = "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1)
+    with pytest.raises(EncodingError, match="nested deeper"):
+        parse_json(too_deep)
 
 
 def test_parse_json_object_requires_an_object_and_keeps_order() -> None:
