@@ -16,7 +16,9 @@ reference, because it turns silent surprises into clear errors:
 * the payload must be UTF-8 and its JSON must be an object whose ``blob`` is an object and whose
   ``sig`` is a non-empty string;
 * after the signature checks out, the fields the handshake uses must be well formed: string
-  ``invite_id`` and ``server_url``, a 32-byte ``inviter_x25519_pk`` and a 16-byte ``nonce``.
+  ``invite_id`` and ``server_url``, a 32-byte ``inviter_x25519_pk``, a 16-byte ``nonce``, and an
+  ``inviter_ed25519_pk`` in canonical base64url (it is the inviter's address on the relay; another
+  spelling of the same key verifies but could never complete the handshake).
 
 An invite proves only that its creator holds ``inviter_ed25519_pk``: whom it came from must be
 established out of band.
@@ -197,7 +199,7 @@ def parse_invite_url(url: str, now_ms: int) -> SignedInvite:
     return SignedInvite(
         blob=InviteBlob(
             invite_id=_string_field(blob, "invite_id"),
-            inviter_ed25519_pk=inviter_pk,
+            inviter_ed25519_pk=_canonical_ed25519_pk(inviter_pk),
             inviter_x25519_pk=_key_field(blob, "inviter_x25519_pk", X25519_BYTES),
             server_url=_string_field(blob, "server_url"),
             expires_at=expires_at,
@@ -225,6 +227,13 @@ def _string_field(blob: Mapping[str, object], name: str) -> str:
     value = blob.get(name)
     if not isinstance(value, str) or not value:
         raise InviteMalformedError(f"malformed invite: {name} must be a non-empty string")
+    return value
+
+
+def _canonical_ed25519_pk(value: str) -> str:
+    """The inviter's key names it on the wire (frame ``to``, session files): only one spelling works."""
+    if b64u_encode(b64u_decode(value)) != value:
+        raise InviteMalformedError("malformed invite: inviter_ed25519_pk is not canonical base64url")
     return value
 
 

@@ -186,6 +186,16 @@ def test_validly_signed_but_unusable_fields_are_malformed(overrides: dict[str, o
         parse_invite_url(url, NOW)
 
 
+def test_inviter_key_must_be_spelled_canonically() -> None:
+    keypair = KeyPair.from_secrets(b"\x02" * 32, b"\x02" * 32)
+    canonical = b64u_encode(keypair.ed25519_pk)
+    assert "-" in canonical and "_" in canonical
+    for spelling in (canonical + "=", canonical.replace("-", "+").replace("_", "/"), " " + canonical):
+        url = _mint(keypair, _standard_blob(keypair, inviter_ed25519_pk=spelling))
+        with pytest.raises(InviteMalformedError, match="not canonical"):
+            parse_invite_url(url, NOW)
+
+
 def test_missing_fields_after_a_valid_signature_are_malformed() -> None:
     keypair = KeyPair.from_secrets(b"\x01" * 32, b"\x02" * 32)
     for field in ("invite_id", "inviter_x25519_pk", "server_url", "nonce"):
