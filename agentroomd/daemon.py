@@ -1,0 +1,173 @@
+"""`agentroomd [run] [--home DIR] [--config FILE]`: one trio program per identity, read top-down here.
+
+    main
+    ├── paths + config            (agentroomd.config: bad config -> exit 2, naming file and key)
+    ├── the home's lock           (agentroomd.lockfile: a second daemon -> exit 3)
+    ├── the identity              (agentroomd.identity_store: created on first start, never replaced)
+    └── trio.run(run_daemon)
+        └── root nursery
+            ├── signals           first SIGTERM/SIGINT: graceful stop; second: cancel everything now
+            ├── services          each `await root.start(...)`, in dependency order (see `start_services`)
+            └── control socket    last: "the socket answers" means "every service is ready"
+            then: wait for a stop request -> shutdown hooks under [daemon] shutdown_grace_s -> cancel
+
+Exit codes: 0 stopped cleanly, 1 failed (the last log line says why), 2 bad usage or config,
+3 another agentroomd already runs for this home.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+
+import trio
+
+from agentroomd.config import Config, ConfigError, Paths, load_config, prepare_dirs, resolve_paths
+from agentroomd.context import DaemonContext, Shutdown
+from agentroomd.control.connection import Gauge
+from agentroomd.control.inbox import Inbox, MemoryJournal
+from agentroomd.control.methods import register_daemon_methods
+from agentroomd.control.rpc import MethodRegistry
+from agentroomd.control.server import ControlServer, ControlSocketError
+from agentroomd.control.subscriptions import register_subscription_methods
+from agentroomd.identity_store import IdentityStoreError, load_or_create_identity
+from agentroomd.lockfile import AlreadyRunningError, HomeLock
+from agentroomd.log import Logger, short_pk
+from ratchet.identity import Identity
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ALREADY_RUNNING = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="agentroomd",
+        description="The agentroom daemon: runs in the foreground, logs NDJSON to stderr, stops on SIGTERM/SIGINT.",
+        epilog="exit codes: 0 stopped cleanly, 1 failed, 2 bad usage or config, 3 already running for this home",
+    )
+    parser.add_argument("command", nargs="?", choices=["run"], default="run", help="run the daemon (the default)")
+    parser.add_argument("--home", help="keep config, state and control socket under DIR (default: $AGENTROOM_HOME)")
+    parser.add_argument("--config", help="read this config file instead of the home's agentroom.toml")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # agentroomctl autostart: "ready\n" here
+    args = parser.parse_args(argv)
+
+    log = Logger("agentroomd")
+    try:
+        paths = resolve_paths(args.home, args.config)
+        config = load_config(paths.config_file)
+        prepare_dirs(paths)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))
+        return EXIT_USAGE
+    log = Logger("agentroomd", level=config.daemon.log_level)
+    try:
+        with HomeLock(paths.lock_file):
+            identity, created = load_or_create_identity(paths.identity_file)
+            if created:
+                log.info("identity_created", pk=short_pk(identity.pk), file=str(paths.identity_file))
+            trio.run(run_daemon, paths, config, identity, log, args.ready_fd)
+    except AlreadyRunningError as exc:
+        log.error("already_running", error=str(exc), pid=exc.pid, socket=str(paths.socket_path))
+        return EXIT_ALREADY_RUNNING
+    except (IdentityStoreError, OSError) as exc:
+        log.error("startup_failed", error=str(exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        return _report_failure(log, exc)
+    return EXIT_OK
+
+
+async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logger, ready_fd: int | None) -> None:
+    methods = MethodRegistry(log)
+    inbox = Inbox(MemoryJournal(config.daemon.journal_keep), config.daemon.subscriber_buffer)
+    ctx = DaemonContext(paths=paths, config=config, identity=identity, log=log, methods=methods, inbox=inbox)
+    log.info("starting", pid=os.getpid(), pk=short_pk(identity.pk), home=str(paths.state_dir))
+
+    async with trio.open_nursery() as root:
+        await root.start(watch_signals, ctx.shutdown, root.cancel_scope, log)
+        await start_services(ctx, root)
+
+        pumps = Gauge()
+        control = ControlServer(
+            paths.socket_path, methods, inbox, log, max_clients=config.daemon.max_control_clients, pumps=pumps
+        )
+        register_subscription_methods(methods, inbox, pumps)
+        register_daemon_methods(ctx, control)
+        ctx.on_shutdown("control", control.drain)
+        await root.start(control.run)
+
+        ctx.ready.set()
+        _report_ready(ready_fd)
+        log.info("ready", pid=os.getpid(), socket=str(paths.socket_path), pk=short_pk(identity.pk))
+
+        await ctx.shutdown.requested.wait()
+        log.info("stopping", reason=ctx.shutdown.reason, grace_s=config.daemon.shutdown_grace_s)
+        with trio.move_on_after(config.daemon.shutdown_grace_s) as grace:
+            await ctx.run_shutdown_hooks()
+        if grace.cancelled_caught:
+            log.warn("shutdown_grace_expired", grace_s=config.daemon.shutdown_grace_s)
+        root.cancel_scope.cancel()
+    log.info("stopped", reason=ctx.shutdown.reason)
+
+
+async def start_services(ctx: DaemonContext, root: trio.Nursery) -> None:
+    """Every long-lived service, in dependency order, each ready before the next starts.
+
+    Each service's `run(ctx, task_status=...)` registers its control methods, status and shutdown
+    hooks on `ctx` before calling `task_status.started()`. The order to keep:
+      1. client sessions (relay connections, ratchet sessions, durable journal: `ctx.inbox.use_journal`)
+      2. hosted relay and tunnel (rooms), then handlers (they consume the inbox)
+    The control socket is started after all of them by `run_daemon`.
+    """
+    ctx.log.debug("services_started", count=0)
+
+
+async def watch_signals(
+    shutdown: Shutdown,
+    root_scope: trio.CancelScope,
+    log: Logger,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """First SIGTERM/SIGINT asks for a graceful stop; a second one cancels everything at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not shutdown.requested.is_set():
+                log.info("signal", signal=name, action="graceful stop")
+                shutdown.request(name)
+            else:
+                log.warn("signal", signal=name, action="immediate stop")
+                root_scope.cancel()
+
+
+def _report_ready(ready_fd: int | None) -> None:
+    """Tell an autostarting agentroomctl that the socket answers (s6-style notification fd)."""
+    if ready_fd is None:
+        return
+    try:
+        os.write(ready_fd, b"ready\n")
+    except OSError:
+        pass  # the CLI that started us is gone: nobody to tell
+    finally:
+        os.close(ready_fd)
+
+
+def _report_failure(log: Logger, exc: BaseException) -> int:
+    """A startup error raised inside the nursery arrives wrapped in an ExceptionGroup: report the cause plainly."""
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | OSError):
+        log.error("startup_failed", error=str(leaf))
+    else:
+        log.error("crashed", error=repr(leaf), traceback="".join(traceback.format_exception(exc)))
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
