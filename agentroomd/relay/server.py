@@ -1,0 +1,145 @@
+"""Run the relay inside a trio nursery: `await nursery.start(serve_relay, config)`.
+
+`serve_relay` owns everything the relay needs for its lifetime, in this order: the store (opened
+first, closed last, so every connection can still flush to it), the maintenance task, and hypercorn.
+It reports readiness with a `RelayHandle` (the bound port and URLs).
+
+Shutdown is graceful however it is asked for (the caller's cancel scope, or SIGTERM/SIGINT in the
+CLI, which cancels that scope): new upgrades get 503, every socket is closed with 1001 "server
+shutting down" and given a moment to finish, then hypercorn's shutdown trigger is set (hypercorn
+does not close websockets itself, daemon-anchors §3.3), and finally the store flushes its pending
+deletions and checkpoints. hypercorn runs in a shielded scope, so an outer cancellation becomes
+this ordered stop instead of tearing sockets down mid-frame (hypercorn issue #106).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from agentroomd.log import Logger
+from agentroomd.relay.app import RelayApp
+from agentroomd.relay.config import RelayConfig, ensure_hmac_secret
+from agentroomd.relay.hub import wall_ms as default_wall_ms
+from agentroomd.relay.store import open_store
+from ratchet.rand import SYSTEM_RANDOM, RandomSource
+
+# hypercorn enforces a coarse size limit (in characters) as a memory guard; the exact limit in UTF-8
+# bytes is the app's, so that an oversize message is answered with 1009 *and* counted in /metrics.
+HYPERCORN_SIZE_SLACK = 65_536
+HYPERCORN_GRACE_S = 1.0
+
+
+@attrs.frozen
+class RelayHandle:
+    """What a started relay tells its parent."""
+
+    host: str
+    port: int
+    url: str  # ws://HOST:PORT/ws
+    http_url: str  # http://HOST:PORT
+    app: RelayApp = attrs.field(repr=False, eq=False)
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _NdjsonHandler(logging.Handler):
+    """hypercorn's own warnings and errors, re-emitted as our NDJSON lines."""
+
+    def __init__(self, log: Logger) -> None:
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"message": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["error"] = f"{record.exc_info[0].__name__ if record.exc_info[0] else 'Error'}: {record.exc_info[1]}"
+        if record.levelno >= logging.ERROR:
+            self._log.error("hypercorn", **fields)
+        else:
+            self._log.warn("hypercorn", **fields)
+
+
+def hypercorn_config(config: RelayConfig, log: Logger) -> HypercornConfig:
+    cfg = HypercornConfig()
+    cfg.bind = [_bind(config.host, config.port)]
+    cfg.websocket_max_message_size = config.ws_max_payload + HYPERCORN_SIZE_SLACK
+    cfg.websocket_ping_interval = config.ping_interval_s
+    cfg.graceful_timeout = HYPERCORN_GRACE_S
+    cfg.include_server_header = False
+    cfg.backlog = max(128, config.max_connections)
+    cfg.accesslog = None
+    error_logger = logging.getLogger(f"agentroomd.relay.hypercorn.{id(cfg)}")
+    error_logger.propagate = False
+    error_logger.setLevel(logging.WARNING)
+    error_logger.handlers = [_NdjsonHandler(log)]
+    cfg.errorlog = error_logger
+    return cfg
+
+
+async def _run_hypercorn(
+    app: RelayApp,
+    cfg: HypercornConfig,
+    shutdown: trio.Event,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await hypercorn_serve(app, cfg, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+
+
+async def serve_relay(
+    config: RelayConfig,
+    *,
+    task_status: trio.TaskStatus[RelayHandle] = trio.TASK_STATUS_IGNORED,
+    log: Logger | None = None,
+    rng: RandomSource = SYSTEM_RANDOM,
+    wall_ms: Callable[[], int] = default_wall_ms,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Serve the relay until cancelled; ``task_status.started(RelayHandle)`` once it accepts connections."""
+    config = ensure_hmac_secret(config)
+    log = log or Logger("relay", level=config.log_level)
+    async with open_store(config.db, log) as store:
+        app = RelayApp(config, store, log=log, rng=rng, wall_ms=wall_ms, clock=clock)
+        cfg = hypercorn_config(config, log)
+        shutdown = trio.Event()
+        hypercorn_scope = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(app.maintenance)
+            try:
+                binds = await nursery.start(_run_hypercorn, app, cfg, shutdown, hypercorn_scope)
+                port = int(binds[0].rsplit(":", 1)[1])
+                host = _url_host(config.host)
+                handle = RelayHandle(config.host, port, f"ws://{host}:{port}/ws", f"http://{host}:{port}", app)
+                log.info("server.start", host=config.host, port=port, db="memory" if not config.persistent else "file")
+                task_status.started(handle)
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    log.info("shutdown.start", connections=len(app.connections))
+                    with trio.move_on_after(config.shutdown_grace_s):
+                        await app.close_all(1001, "server shutting down")
+                    shutdown.set()
+                    # hypercorn gives what is left graceful_timeout; this is the hard stop behind it.
+                    hypercorn_scope.deadline = trio.current_time() + HYPERCORN_GRACE_S + config.shutdown_grace_s
+                nursery.cancel_scope.cancel()
+    log.info("shutdown.done")

@@ -1,0 +1,440 @@
+"""The relay's SQLite store: agents seen, published invites, and frames waiting for their recipient.
+
+One `sqlite3` connection in WAL mode, used only from trio worker threads through a
+`CapacityLimiter(1)`: the event loop never blocks on the disk, and every public method is one
+transaction in one thread call, so a cancelled caller still leaves the database consistent
+(`abandon_on_cancel=False` waits for the statement to finish).
+
+The schema is the reference's (agentroom-reference.md §3.4) plus what ordered, acknowledged delivery
+needs: `pending_messages.ord`, an increasing integer that orders a recipient's queue exactly (the
+reference ordered by 1-second timestamps), and `agents.acks_deliveries`, whether the agent's client
+acknowledges deliveries (then a row stays until acknowledged). A database written by the reference
+relay is migrated in place on open.
+
+Rows that were written to a socket (or acknowledged) are deleted in batches by a background task
+(`discard`); until the batch is committed they are hidden from `fetch_pending`, so a quick reconnect
+does not get them twice. Closing the store flushes the batch and checkpoints the WAL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import attrs
+import trio
+
+from agentroomd.log import Logger
+from agentroomd.relay.config import MEMORY_DB
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    ed25519_pk TEXT PRIMARY KEY,
+    x25519_pk TEXT NOT NULL,
+    registered_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER)),
+    last_seen INTEGER,
+    acks_deliveries INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS invites (
+    invite_id TEXT PRIMARY KEY,
+    blob TEXT NOT NULL,
+    inviter_pk TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,   -- epoch milliseconds
+    claimed_at INTEGER             -- epoch seconds
+);
+CREATE TABLE IF NOT EXISTS pending_messages (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,       -- also the msg_id of the DELIVERY that carries it
+    to_pk TEXT NOT NULL,
+    envelope TEXT NOT NULL,        -- the routed frame's JSON text
+    created_at INTEGER NOT NULL    -- epoch seconds
+);
+CREATE INDEX IF NOT EXISTS idx_pending_to ON pending_messages(to_pk, ord);
+CREATE INDEX IF NOT EXISTS idx_invites_expires ON invites(expires_at);
+CREATE INDEX IF NOT EXISTS idx_invites_inviter ON invites(inviter_pk);
+"""
+
+CLAIMED_INVITE_RETENTION_S = 30 * 86_400
+AGENT_RETENTION_S = 90 * 86_400
+
+
+class StoreError(Exception):
+    """The database failed (disk, corruption, locked); the message says which operation."""
+
+
+@attrs.frozen
+class PendingRow:
+    ord: int
+    id: str
+    envelope: str
+
+
+@attrs.frozen
+class InviteRow:
+    invite_id: str
+    inviter_pk: str
+    expires_at: int  # ms
+    claimed: bool
+
+
+@attrs.frozen
+class StoreCounts:
+    agents: int
+    pending: int
+    invites: int
+
+
+@attrs.frozen
+class PruneResult:
+    invites: int
+    pending: int
+    claimed_invites: int
+    agents: int
+
+
+PublishResult = Literal["ok", "quota"]
+ClaimResult = Literal["claimed", "already_claimed", "expired", "not_found", "queue_full"]
+
+
+class RelayStore:
+    """Async façade over one SQLite connection; create with `open_store`."""
+
+    def __init__(self, conn: sqlite3.Connection, log: Logger) -> None:
+        self._conn = conn
+        self._log = log
+        self._limiter = trio.CapacityLimiter(1)
+        self._discards: set[tuple[str, str]] = set()  # (to_pk, row id)
+        self._discard_wanted = trio.Event()
+        self._closed = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise StoreError(f"{what}: store is closed")
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what}: {exc.__class__.__name__}: {exc}") from exc
+
+    def _tx(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one IMMEDIATE transaction (the write lock is taken up front: no upgrade deadlock)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # ------------------------------------------------------------------ agents
+
+    async def upsert_agent(self, ed25519_pk: str, x25519_pk: str, acks_deliveries: bool, now_s: int) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO agents (ed25519_pk, x25519_pk, registered_at, last_seen, acks_deliveries)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(ed25519_pk) DO UPDATE SET"
+                " x25519_pk = excluded.x25519_pk, last_seen = excluded.last_seen,"
+                " acks_deliveries = excluded.acks_deliveries",
+                (ed25519_pk, x25519_pk, now_s, now_s, int(acks_deliveries)),
+            )
+
+        await self._run("upsert_agent", self._tx, body)
+
+    async def touch_agent(self, ed25519_pk: str, now_s: int) -> bool:
+        """Record a token resume; returns whether this agent's client acknowledges deliveries."""
+
+        def body(conn: sqlite3.Connection) -> bool:
+            conn.execute("UPDATE agents SET last_seen = ? WHERE ed25519_pk = ?", (now_s, ed25519_pk))
+            row = conn.execute("SELECT acks_deliveries FROM agents WHERE ed25519_pk = ?", (ed25519_pk,)).fetchone()
+            return bool(row[0]) if row else False
+
+        return await self._run("touch_agent", self._tx, body)
+
+    # ------------------------------------------------------------------ pending frames
+
+    async def enqueue(self, to_pk: str, row_id: str, envelope: str, now_s: int, cap: int) -> int | None:
+        """Queue ``envelope`` for ``to_pk``; its `ord`, or None when the recipient already has ``cap`` rows."""
+
+        def body(conn: sqlite3.Connection) -> int | None:
+            return _insert_pending(conn, to_pk, row_id, envelope, now_s, cap)
+
+        return await self._run("enqueue", self._tx, body)
+
+    async def fetch_pending(self, to_pk: str, after_ord: int, limit: int, not_before_s: int) -> list[PendingRow]:
+        """Up to ``limit`` rows for ``to_pk`` after ``after_ord``, oldest first, younger than the TTL."""
+
+        def body() -> list[PendingRow]:
+            rows = self._conn.execute(
+                "SELECT ord, id, envelope FROM pending_messages"
+                " WHERE to_pk = ? AND ord > ? AND created_at >= ? ORDER BY ord LIMIT ?",
+                (to_pk, after_ord, not_before_s, limit),
+            ).fetchall()
+            return [PendingRow(ord, row_id, envelope) for ord, row_id, envelope in rows]
+
+        rows = await self._run("fetch_pending", body)
+        return [row for row in rows if (to_pk, row.id) not in self._discards]
+
+    async def pending_count(self, to_pk: str) -> int:
+        def body() -> int:
+            row = self._conn.execute("SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (to_pk,)).fetchone()
+            return int(row[0])
+
+        return await self._run("pending_count", body)
+
+    def discard(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Delete these (recipient, row id) rows soon, in a batch; `fetch_pending` hides them right away.
+
+        The recipient is part of the key so that one agent can never release another agent's row.
+        """
+        before = len(self._discards)
+        self._discards.update(rows)
+        if len(self._discards) != before:
+            self._discard_wanted.set()
+
+    async def flush_discards(self) -> None:
+        """Delete every row passed to `discard` so far, in one transaction."""
+        if not self._discards:
+            return
+        batch = list(self._discards)
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM pending_messages WHERE id = ? AND to_pk = ?", [(i, pk) for pk, i in batch])
+
+        await self._run("delete_pending", self._tx, body)
+        self._discards.difference_update(batch)
+
+    async def _discard_loop(self) -> None:
+        while True:
+            await self._discard_wanted.wait()
+            self._discard_wanted = trio.Event()
+            try:
+                await self.flush_discards()
+            except StoreError as exc:
+                # The rows stay hidden from this process and are retried; at worst they are delivered again
+                # after a restart, which the ratchet rejects as a replay. Never worth stopping the relay.
+                self._log.error("store.delete_failed", error=str(exc), rows=len(self._discards))
+                self._discard_wanted.set()
+                await trio.sleep(1)
+
+    # ------------------------------------------------------------------ invites
+
+    async def publish_invite(
+        self, invite_id: str, blob: str, inviter_pk: str, expires_at_ms: int, now_ms: int, quota: int
+    ) -> PublishResult:
+        """Store an invite unless ``inviter_pk`` already has ``quota`` open ones; a duplicate id keeps the first."""
+
+        def body(conn: sqlite3.Connection) -> PublishResult:
+            (open_count,) = conn.execute(
+                "SELECT COUNT(*) FROM invites WHERE inviter_pk = ? AND claimed_at IS NULL AND expires_at > ?",
+                (inviter_pk, now_ms),
+            ).fetchone()
+            if open_count >= quota:
+                return "quota"
+            conn.execute(
+                "INSERT OR IGNORE INTO invites (invite_id, blob, inviter_pk, expires_at) VALUES (?, ?, ?, ?)",
+                (invite_id, blob, inviter_pk, expires_at_ms),
+            )
+            return "ok"
+
+        return await self._run("publish_invite", self._tx, body)
+
+    async def get_invite(self, invite_id: str) -> InviteRow | None:
+        def body() -> InviteRow | None:
+            row = self._conn.execute(
+                "SELECT invite_id, inviter_pk, expires_at, claimed_at FROM invites WHERE invite_id = ?", (invite_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return InviteRow(row[0], row[1], int(row[2]), row[3] is not None)
+
+        return await self._run("get_invite", body)
+
+    async def claim_invite(
+        self,
+        invite_id: str,
+        now_ms: int,
+        row_id: str,
+        envelope: str,
+        cap: int | None,
+    ) -> tuple[ClaimResult, int | None]:
+        """Mark the invite claimed and queue the SESSION_INIT ``envelope`` for its inviter, atomically.
+
+        Exactly one of any number of concurrent claims succeeds: the UPDATE only matches an unclaimed,
+        unexpired row. ``cap`` (the inviter's queue limit) is checked first unless None; a full queue
+        leaves the invite unclaimed. Returns the outcome and the queued row's `ord`.
+        """
+
+        def body(conn: sqlite3.Connection) -> tuple[ClaimResult, int | None]:
+            row = conn.execute(
+                "SELECT inviter_pk, expires_at, claimed_at FROM invites WHERE invite_id = ?", (invite_id,)
+            ).fetchone()
+            if row is None:
+                return "not_found", None
+            inviter_pk, expires_at, claimed_at = row
+            if claimed_at is not None:
+                return "already_claimed", None
+            if expires_at <= now_ms:
+                return "expired", None
+            if cap is not None:
+                (count,) = conn.execute(
+                    "SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (inviter_pk,)
+                ).fetchone()
+                if count >= cap:
+                    return "queue_full", None
+            updated = conn.execute(
+                "UPDATE invites SET claimed_at = ? WHERE invite_id = ? AND claimed_at IS NULL AND expires_at > ?",
+                (now_ms // 1000, invite_id, now_ms),
+            ).rowcount
+            if updated != 1:
+                return "already_claimed", None
+            ord_ = _insert_pending(conn, inviter_pk, row_id, envelope, now_ms // 1000, None)
+            return "claimed", ord_
+
+        return await self._run("claim_invite", self._tx, body)
+
+    # ------------------------------------------------------------------ health and maintenance
+
+    async def counts(self) -> StoreCounts:
+        def body() -> StoreCounts:
+            conn = self._conn
+            agents = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
+            pending = conn.execute("SELECT COUNT(*) FROM pending_messages").fetchone()[0]
+            invites = conn.execute("SELECT COUNT(*) FROM invites").fetchone()[0]
+            return StoreCounts(int(agents), int(pending), int(invites))
+
+        return await self._run("counts", body)
+
+    async def prune(self, now_ms: int, pending_ttl_s: float) -> PruneResult:
+        """The reference's hourly prune: expired invites, old pending rows, old claimed invites, stale agents."""
+        now_s = now_ms // 1000
+
+        def body(conn: sqlite3.Connection) -> PruneResult:
+            invites = conn.execute(
+                "DELETE FROM invites WHERE claimed_at IS NULL AND expires_at <= ?", (now_ms,)
+            ).rowcount
+            pending = conn.execute(
+                "DELETE FROM pending_messages WHERE created_at < ?", (now_s - int(pending_ttl_s),)
+            ).rowcount
+            claimed = conn.execute(
+                "DELETE FROM invites WHERE claimed_at IS NOT NULL AND claimed_at < ?",
+                (now_s - CLAIMED_INVITE_RETENTION_S,),
+            ).rowcount
+            agents = conn.execute("DELETE FROM agents WHERE last_seen < ?", (now_s - AGENT_RETENTION_S,)).rowcount
+            return PruneResult(invites, pending, claimed, agents)
+
+        return await self._run("prune", self._tx, body)
+
+    async def _close(self) -> None:
+        """Flush pending deletions, checkpoint the WAL into the main file, close."""
+        try:
+            await self.flush_discards()
+        finally:
+
+            def body() -> None:
+                try:
+                    if self._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    self._conn.close()
+
+            await self._run("close", body)
+            self._closed = True
+
+
+def _insert_pending(
+    conn: sqlite3.Connection, to_pk: str, row_id: str, envelope: str, now_s: int, cap: int | None
+) -> int | None:
+    if cap is not None:
+        (count,) = conn.execute("SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (to_pk,)).fetchone()
+        if count >= cap:
+            return None
+    cursor = conn.execute(
+        "INSERT INTO pending_messages (id, to_pk, envelope, created_at) VALUES (?, ?, ?, ?)",
+        (row_id, to_pk, envelope, now_s),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != MEMORY_DB:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = str(Path(path).expanduser())
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a committed row survives a crash of the process (what "queued" promises);
+        # only a power loss can drop the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring a reference relay's database (no `ord`, no `acks_deliveries`) up to it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        pending_columns = _columns(conn, "pending_messages")
+        if pending_columns and "ord" not in pending_columns:
+            conn.execute("ALTER TABLE pending_messages RENAME TO pending_messages_v0")
+            conn.execute("DROP INDEX IF EXISTS idx_pending_to")
+        agent_columns = _columns(conn, "agents")
+        if agent_columns and "acks_deliveries" not in agent_columns:
+            conn.execute("ALTER TABLE agents ADD COLUMN acks_deliveries INTEGER NOT NULL DEFAULT 0")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if pending_columns and "ord" not in pending_columns:
+            conn.execute(
+                "INSERT INTO pending_messages (id, to_pk, envelope, created_at)"
+                " SELECT id, to_pk, envelope, created_at FROM pending_messages_v0 ORDER BY created_at, rowid"
+            )
+            conn.execute("DROP TABLE pending_messages_v0")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@asynccontextmanager
+async def open_store(path: str, log: Logger | None = None) -> AsyncIterator[RelayStore]:
+    """Open (creating or migrating) the database at ``path`` and run its deletion batcher until exit."""
+    try:
+        conn = await trio.to_thread.run_sync(_connect, path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open relay database {path}: {exc}") from exc
+    store = RelayStore(conn, log or Logger("relay.store"))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._discard_loop)
+            try:
+                yield store
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store._close()
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the unit of `ts` and `expires_at` on the wire."""
+    return time.time_ns() // 1_000_000
