@@ -48,20 +48,8 @@ import attrs
 import trio
 
 from agentroomd.log import Logger, short_pk
+from agentroomd.systemd import scrubbed_environment
 
-#: Variables systemd sets for *our* service only; a child that saw them could notify or adopt fds for us.
-SYSTEMD_VARIABLES = frozenset(
-    {
-        "NOTIFY_SOCKET",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-        "JOURNAL_STREAM",
-        "INVOCATION_ID",
-    }
-)
 SHELL = "/bin/sh"
 LOOP_GUARD_WINDOW_S = 60.0
 _READ_CHUNK = 65536
@@ -132,13 +120,11 @@ class HandlerResult:
 
 
 def handler_environment(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The daemon's environment (or ``base``) minus systemd's variables, plus ``extra``."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SYSTEMD_VARIABLES}
+    """The daemon's environment (or ``base``) minus systemd's per-service variables, plus ``extra``."""
     for key, value in extra.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise ValueError(f"invalid handler environment variable {key!r}")
-        env[key] = value
-    return env
+    return scrubbed_environment(extra, base)
 
 
 def decode_output(data: bytes) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from agentroomd.handlers import SYSTEMD_VARIABLES, HandlerLimits, HandlerOutcome, run_handler
+from agentroomd.handlers import HandlerLimits, HandlerOutcome, run_handler
+from agentroomd.systemd import SERVICE_VARIABLES
 
 FAST = HandlerLimits(timeout_s=10.0, kill_grace_s=0.2)
 ENV = {"AGENTROOM_FROM": "peerPK", "AGENTROOM_ROOM": "room1", "AGENTROOM_MSG_ID": "m-1", "AGENTROOM_TURN": "1"}
@@ -149,12 +150,12 @@ async def test_background_grandchild_holding_stdout_does_not_delay_the_reply() -
 
 
 async def test_environment_is_scrubbed_of_systemd_and_carries_agentroom(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SYSTEMD_VARIABLES:
+    for name in SERVICE_VARIABLES:
         monkeypatch.setenv(name, "from-systemd")
     monkeypatch.setenv("AR_TEST_KEEP", "kept")
     result = await run_handler("env", "hi", ENV, FAST)
     seen = dict(line.split("=", 1) for line in result.reply.splitlines() if "=" in line)
-    assert not SYSTEMD_VARIABLES & seen.keys()
+    assert not SERVICE_VARIABLES & seen.keys()
     assert seen["AR_TEST_KEEP"] == "kept"
     for key, value in ENV.items():
         assert seen[key] == value
