@@ -2,11 +2,7 @@
 
 import sys
 
-
-def main() -> int:
-    print("agentroomctl: not yet implemented", file=sys.stderr)
-    return 1
-
+from agentroomctl.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,493 @@
+"""`agentroomctl [--home DIR] [--json] [--no-autostart] COMMAND ...`: drive agentroomd from a shell or a script.
+
+Every command is one call (or one subscription) over the control socket; the daemon does the work.
+`--home`, `--json` and `--no-autostart` are accepted before or after the command word. With `--json`,
+stdout carries exactly one JSON document (NDJSON lines for `listen`), errors included
+(`{"error": {...}}`); human messages go to stderr. Exit codes: see `agentroomctl.exitcodes`.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from agentroomctl import exitcodes
+from agentroomctl.autostart import connect
+from agentroomctl.client import ControlClient, DaemonUnreachableError
+from agentroomd.config import ConfigError, Paths, resolve_paths
+from agentroomd.control import api
+
+STOP_WAIT_S = 30.0  # longer than the daemon's default shutdown grace
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (argparse itself exits 2 for the rest)."""
+
+
+class CommandError(Exception):
+    """A failure with a known exit code and a message that says what to do."""
+
+    def __init__(self, message: str, exit_code: int, error_type: str = "agentroomctl.Error") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.error_type = error_type
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(exitcodes.USAGE, f"agentroomctl: {message} (see `agentroomctl --help`)\n")
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The global options; on subcommands they default to SUPPRESS so a value given before the command survives."""
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--home", default=default, help="the daemon's home directory (default: $AGENTROOM_HOME)")
+    flag_default: Any = False if top else argparse.SUPPRESS
+    parser.add_argument("--json", action="store_true", default=flag_default, help="machine-readable output")
+    parser.add_argument(
+        "--no-autostart", action="store_true", default=flag_default, help="fail (exit 3) instead of starting a daemon"
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="agentroomctl",
+        description="Drive agentroomd, the agentroom daemon, over its control socket. "
+        "A command starts the daemon in the background when none runs for the home.",
+        epilog=exitcodes.SUMMARY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"agentroomctl {api.package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def command(name: str, help_text: str, into: Any = commands) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = into.add_parser(name, help=help_text, description=help_text)
+        _common(sub, top=False)
+        return sub
+
+    command("status", "show the daemon's status")
+    command("whoami", "print this identity's public key")
+    invite = commands.add_parser("invite", help="create or accept an invite").add_subparsers(
+        dest="invite_command", metavar="create|accept", required=True, parser_class=Parser
+    )
+    create = command("create", "create a single-use invite URL for a peer", invite)
+    create.add_argument("--relay", help="relay URL to embed (ws://HOST:PORT/ws or wss://...)")
+    create.add_argument("--ttl", type=_duration_ms, help="lifetime, e.g. 24h, 90m, 3600s, 1d (default 24h)")
+    accept = command("accept", "accept an invite URL from a peer", invite)
+    accept.add_argument("url", help="agentroom://invite/...")
+    accept.add_argument("--alias", help="a local name for the new peer")
+    command("peers", "list peers with a session")
+    send = command("send", "send one message to a peer", commands)
+    send.add_argument("peer", help="full public key, unique prefix, or alias")
+    send.add_argument("text", help="the message, or - to read it from stdin (one trailing newline is dropped)")
+    listen = command("listen", "print received messages as they arrive")
+    listen.add_argument("--count", type=_positive_int, help="exit after N messages")
+    listen.add_argument("--timeout", type=_positive_float, help="stop after S seconds (exit 5 if --count not reached)")
+    listen.add_argument("--since", type=_cursor, help="first replay kept messages after CURSOR (0: all kept)")
+    command("stop", "stop the daemon (and wait until it has exited)")
+    room = commands.add_parser("room", help="host a room: relay + tunnel + handler").add_subparsers(
+        dest="room_command", metavar="open|list|status|stop", required=True, parser_class=Parser
+    )
+    room_open = command("open", "open a room", room)
+    room_open.add_argument("--on-message", help="handler command run for every message")
+    room_open.add_argument("--no-tunnel", action="store_true", help="local relay only, no public tunnel")
+    room_open.add_argument("--name", help="a name for the room")
+    command("list", "list rooms", room)
+    room_status = command("status", "show one room", room)
+    room_status.add_argument("room_id", nargs="?", help="the room (default: the only one)")
+    room_stop = command("stop", "stop a room", room)
+    room_stop.add_argument("room_id", nargs="?", help="the room (default: the only one)")
+    room_stop.add_argument("--all", action="store_true", help="stop every room")
+    return parser
+
+
+def _duration_ms(text: str) -> int:
+    units = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not parts or "".join(number + unit for number, unit in parts) != text.strip():
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 24h, 90m, 3600s, 1d")
+    total = sum(float(number) * units[unit] for number, unit in parts)
+    if total <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return int(total * 1000)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _cursor(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a cursor (an integer >= 0), got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return exitcodes.USAGE
+    as_json: bool = args.json
+    try:
+        paths = resolve_paths(args.home)
+        return run_command(args, paths)
+    except CommandError as exc:
+        return _fail(as_json, str(exc), exc.exit_code, exc.error_type)
+    except UsageError as exc:
+        return _fail(as_json, str(exc), exitcodes.USAGE, "agentroomctl.Usage")
+    except ConfigError as exc:
+        return _fail(as_json, str(exc), exitcodes.USAGE, "agentroomctl.Config")
+    except DaemonUnreachableError as exc:
+        return _fail(as_json, str(exc), exitcodes.UNREACHABLE, "agentroomctl.DaemonUnreachable")
+    except api.RpcError as exc:
+        hint = exitcodes.HINTS.get(exc.type)
+        return _fail(as_json, exc.message, exitcodes.for_error_type(exc.type), exc.type, hint, exc.data)
+    except KeyboardInterrupt:
+        return exitcodes.OK
+    except BrokenPipeError:
+        # stdout was closed by the reader (e.g. `| head -1`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return exitcodes.OK
+
+
+def _fail(
+    as_json: bool,
+    message: str,
+    code: int,
+    error_type: str,
+    hint: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> int:
+    print(f"agentroomctl: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    if as_json:
+        error: dict[str, Any] = {"type": error_type, "message": message, "exit_code": code}
+        if data:
+            error.update({key: value for key, value in data.items() if key not in error})
+        _emit({"error": error})
+    return code
+
+
+def _emit(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def run_command(args: argparse.Namespace, paths: Paths) -> int:
+    if args.command == "stop":
+        return cmd_stop(args, paths)
+    client, _hello = connect(paths, autostart=not args.no_autostart)
+    with client:
+        handler = COMMANDS[_command_key(args)]
+        return handler(args, client)
+
+
+def _command_key(args: argparse.Namespace) -> str:
+    if args.command == "invite":
+        return f"invite {args.invite_command}"
+    if args.command == "room":
+        return f"room {args.room_command}"
+    return str(args.command)
+
+
+def _result_json(value: Any) -> Any:
+    return api.params_converter.unstructure(value)
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+
+def cmd_status(args: argparse.Namespace, client: ControlClient) -> int:
+    status = client.call(api.DAEMON_STATUS)
+    if args.json:
+        _emit(_result_json(status))
+        return exitcodes.OK
+    print(f"agentroomd {status.version} running (pid {status.pid}, up {_age(status.uptime_s)})")
+    print(f"  pk       {status.pk}")
+    print(f"  home     {status.home or status.state_dir}")
+    print(f"  socket   {status.socket}")
+    print(f"  control  {status.control.clients} client(s), {status.control.subscriptions} subscription(s)")
+    print(f"  journal  last cursor {status.journal.last_cursor}")
+    for name, document in sorted(status.services.items()):
+        fields = "  ".join(f"{key}={value}" for key, value in document.items())
+        print(f"  {name:<8} {fields}")
+    return exitcodes.OK
+
+
+def cmd_whoami(args: argparse.Namespace, client: ControlClient) -> int:
+    identity = client.call(api.IDENTITY_SHOW)
+    if args.json:
+        _emit(_result_json(identity))
+    else:
+        print(identity.pk)
+    return exitcodes.OK
+
+
+def cmd_invite_create(args: argparse.Namespace, client: ControlClient) -> int:
+    invite = client.call(api.INVITE_CREATE, api.InviteCreateParams(relay=args.relay, ttl_ms=args.ttl))
+    if args.json:
+        _emit(_result_json(invite))
+    else:
+        print(invite.url)
+        print(f"Single use; expires {_when(invite.expires_at)}. Give it to your peer: agentroomctl invite accept URL",
+              file=sys.stderr)
+    return exitcodes.OK
+
+
+def cmd_invite_accept(args: argparse.Namespace, client: ControlClient) -> int:
+    accepted = client.call(api.INVITE_ACCEPT, api.InviteAcceptParams(url=args.url, alias=args.alias))
+    if args.json:
+        _emit(_result_json(accepted))
+    else:
+        print(f"Session established with {accepted.peer} (relay {accepted.relay})")
+    return exitcodes.OK
+
+
+def cmd_peers(args: argparse.Namespace, client: ControlClient) -> int:
+    listing = client.call(api.PEER_LIST)
+    if args.json:
+        _emit(_result_json(listing))
+    elif not listing.peers:
+        print("No peers yet: create an invite with `agentroomctl invite create`, or accept one.", file=sys.stderr)
+    else:
+        for peer in listing.peers:
+            print(f"{peer.pk}  {peer.alias or '-'}  {peer.relay}")
+    return exitcodes.OK
+
+
+def cmd_send(args: argparse.Namespace, client: ControlClient) -> int:
+    text = _read_stdin_text() if args.text == "-" else args.text
+    if not text:
+        raise UsageError("the message is empty")
+    sent = client.call(api.MESSAGE_SEND, api.MessageSendParams(peer=args.peer, text=text))
+    if args.json:
+        _emit(_result_json(sent))
+    else:
+        print(f"{sent.status} ({sent.msg_id})")
+    return exitcodes.OK
+
+
+def _read_stdin_text() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"stdin is not UTF-8 text (byte {exc.start}); messages are text") from exc
+    return text[:-1] if text.endswith("\n") else text
+
+
+def cmd_listen(args: argparse.Namespace, client: ControlClient) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends `listen` like Ctrl-C: exit 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    received = 0
+    subscription = _subscribe(client, args.since, warn_gap=True)
+    if not args.json:
+        print("Listening for messages (Ctrl-C to stop).", file=sys.stderr)
+    while args.count is None or received < args.count:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        note = client.next_notification(remaining)
+        if note is None:
+            break
+        params = note.get("params") if isinstance(note.get("params"), dict) else {}
+        if params.get("subscription") != subscription:
+            continue
+        if note.get("method") == api.MESSAGE_RECEIVED:
+            message = api.results_converter.structure(params.get("message"), api.ReceivedMessage)
+            _print_message(message, args.json)
+            received += 1
+        elif note.get("method") == api.MESSAGE_CLOSED:
+            error = api.RpcError.from_json(params.get("error"))
+            if error.type != api.LAGGED.type:
+                raise error
+            # Too slow for the live stream: continue from the journal where we stopped, losing nothing.
+            subscription = _subscribe(client, int(error.data.get("resume_from", 0)), warn_gap=False)
+    if args.count is not None and received < args.count:
+        raise CommandError(
+            f"received {received} of {args.count} messages before the {args.timeout:g} s timeout",
+            exitcodes.TIMEOUT,
+            "agentroomctl.Timeout",
+        )
+    return exitcodes.OK
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _subscribe(client: ControlClient, since: int | None, warn_gap: bool) -> str:
+    result = client.call(api.MESSAGE_SUBSCRIBE, api.SubscribeParams(since=since))
+    if warn_gap and since is not None and since + 1 < result.oldest <= result.cursor:
+        print(
+            f"agentroomctl: messages with cursor {since + 1}..{result.oldest - 1} are no longer kept",
+            file=sys.stderr,
+        )
+    return result.subscription
+
+
+def _print_message(message: api.ReceivedMessage, as_json: bool) -> None:
+    if as_json:
+        _emit(
+            {"from": message.from_, "text": message.text, "msg_id": message.msg_id, "ts": message.ts,
+             "cursor": message.cursor}
+        )
+    else:
+        sys.stdout.write(f"[{_when(message.ts)}] {message.from_[:12]}…  {message.text}\n")
+        sys.stdout.flush()
+
+
+def cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
+    """Never autostarts; waits until the daemon process has exited, so a new start cannot find it still running."""
+    try:
+        client = ControlClient.connect(paths.socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if args.json:
+            _emit({"stopped": False, "running": False})
+        else:
+            print(f"agentroomd is not running for {paths.home or paths.state_dir}", file=sys.stderr)
+        return exitcodes.OK
+    except OSError as exc:
+        raise DaemonUnreachableError(f"cannot connect to agentroomd at {paths.socket_path}: {exc}") from exc
+    with client:
+        result = client.call(api.DAEMON_STOP)
+    if not _wait_for_exit(result.pid, STOP_WAIT_S):
+        raise CommandError(
+            f"agentroomd (pid {result.pid}) is still running {STOP_WAIT_S:g} s after the stop request; "
+            f"see {paths.log_file}, or `kill {result.pid}`",
+            exitcodes.TIMEOUT,
+            "agentroomctl.Timeout",
+        )
+    if args.json:
+        _emit({"stopped": True, "running": False, "pid": result.pid})
+    else:
+        print(f"agentroomd (pid {result.pid}) stopped", file=sys.stderr)
+    return exitcodes.OK
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait for another process (not our child) to exit: a pidfd becomes readable when it does."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return _poll_exit(pid, timeout)
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(pidfd)
+
+
+def _poll_exit(pid: int, timeout: float) -> bool:
+    """Fallback where pidfds are unavailable: a short bounded poll of kill(pid, 0)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def cmd_room_open(args: argparse.Namespace, client: ControlClient) -> int:
+    room = client.call(
+        api.ROOM_OPEN, api.RoomOpenParams(on_message=args.on_message, tunnel=not args.no_tunnel, name=args.name)
+    )
+    _print_rooms([room], args.json, single=True)
+    return exitcodes.OK
+
+
+def cmd_room_list(args: argparse.Namespace, client: ControlClient) -> int:
+    listing = client.call(api.ROOM_LIST)
+    if args.json:
+        _emit(_result_json(listing))
+    else:
+        _print_rooms(listing.rooms, False, single=False)
+    return exitcodes.OK
+
+
+def cmd_room_status(args: argparse.Namespace, client: ControlClient) -> int:
+    room = client.call(api.ROOM_STATUS, api.RoomRef(room_id=args.room_id))
+    _print_rooms([room], args.json, single=True)
+    return exitcodes.OK
+
+
+def cmd_room_stop(args: argparse.Namespace, client: ControlClient) -> int:
+    if args.all and args.room_id:
+        raise UsageError("give a ROOM_ID or --all, not both")
+    stopped = client.call(api.ROOM_STOP, api.RoomStopParams(room_id=args.room_id, all=args.all))
+    if args.json:
+        _emit(_result_json(stopped))
+    else:
+        print(f"stopped: {', '.join(stopped.stopped) or 'nothing'}")
+    return exitcodes.OK
+
+
+def _print_rooms(rooms: list[api.RoomInfo], as_json: bool, single: bool) -> None:
+    if as_json:
+        _emit(_result_json(rooms[0]) if single else {"rooms": [_result_json(room) for room in rooms]})
+        return
+    if not rooms:
+        print("No rooms running.", file=sys.stderr)
+    for room in rooms:
+        print(f"{room.room_id}  {room.state}  {room.public_url or room.relay_url or '-'}")
+        if room.invite_url:
+            print(f"  invite: {room.invite_url}")
+
+
+def _age(seconds: float) -> str:
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, ControlClient], int]] = {
+    "status": cmd_status,
+    "whoami": cmd_whoami,
+    "invite create": cmd_invite_create,
+    "invite accept": cmd_invite_accept,
+    "peers": cmd_peers,
+    "send": cmd_send,
+    "listen": cmd_listen,
+    "room open": cmd_room_open,
+    "room list": cmd_room_list,
+    "room status": cmd_room_status,
+    "room stop": cmd_room_stop,
+}
