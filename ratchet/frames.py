@@ -674,14 +674,15 @@ def _routed_from_value(value: object, issues: list[FrameIssue]) -> Routed | None
     table = _FIELDS[Msg]  # the three routed types share their fields
     values = _check_fields(value, table[:_BASE_COUNT], ("routed",), issues)
     routed_type = value.get("type")
-    if routed_type not in _ROUTED_BY_TYPE:  # zod checks the enum where "type" sits: after ts
+    routed_cls = _ROUTED_BY_TYPE.get(routed_type) if isinstance(routed_type, str) else None
+    if routed_cls is None:  # zod checks the enum where "type" sits in the schema: after ts
         issues.append(
             FrameIssue(("routed", "type"), "invalid_value", 'expected one of "MSG"|"SESSION_INIT"|"SESSION_ACK"')
         )
     values.update(_check_fields(value, table[_BASE_COUNT:], ("routed",), issues))
-    if len(issues) > before:
+    if routed_cls is None or len(issues) > before:
         return None
-    return _construct(_ROUTED_BY_TYPE[str(routed_type)], values, _layout_of(value))
+    return _construct(routed_cls, values, _layout_of(value))
 
 
 # --------------------------------------------------------------------------------------------
