@@ -54,7 +54,14 @@ from ratchet.rand import RandomSource
 
 __all__ = [
     "FRAME_TYPES",
+    "MAX_BLOB",
+    "MAX_CHALLENGE",
+    "MAX_CIPHERTEXT",
+    "MAX_ERROR_CODE",
+    "MAX_ERROR_TEXT",
+    "MAX_KEY",
     "MAX_SAFE_INTEGER",
+    "MAX_SESSION_TOKEN",
     "PROTOCOL_VERSION",
     "Ack",
     "AckStatus",
