@@ -31,9 +31,12 @@ from agentroomd.control.methods import register_daemon_methods
 from agentroomd.control.rpc import MethodRegistry
 from agentroomd.control.server import ControlServer, ControlSocketError
 from agentroomd.control.subscriptions import register_subscription_methods
+from agentroomd.handlers import limits_from_table
 from agentroomd.identity_store import IdentityStoreError, load_or_create_identity
 from agentroomd.lockfile import AlreadyRunningError, HomeLock
 from agentroomd.log import Logger, short_pk
+from agentroomd.relay.config import RelayConfigError, relay_config_from
+from agentroomd.tunnel import TunnelConfig, TunnelError
 from ratchet.identity import Identity
 
 EXIT_OK = 0
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = resolve_paths(args.home, args.config)
         config = load_config(paths.config_file)
+        check_service_tables(paths, config)
         prepare_dirs(paths)
     except ConfigError as exc:
         log.error("config_invalid", error=str(exc))
@@ -78,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return _report_failure(log, exc)
     return EXIT_OK
+
+
+def check_service_tables(paths: Paths, config: Config) -> None:
+    """Structure the tables other modules own now, so a typo stops the daemon at start, naming the file.
+
+    The environment is left out here (each service applies its own variables when it starts).
+    """
+    try:
+        relay_config_from(config.relay, env={}, state_dir=paths.state_dir)
+        limits_from_table(config.handlers)
+        TunnelConfig.from_table(config.tunnel)
+    except (RelayConfigError, TunnelError, ValueError) as exc:
+        raise ConfigError(f"{paths.config_file}: {exc}") from exc
 
 
 async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logger, ready_fd: int | None) -> None:
