@@ -118,6 +118,20 @@ async def serve_relay(
     """Serve the relay until cancelled; ``task_status.started(RelayHandle)`` once it accepts connections."""
     config = ensure_hmac_secret(config)
     log = log or Logger("relay", level=config.log_level)
+    try:
+        await _serve(config, log, rng, wall_ms, clock, task_status)
+    finally:
+        log.info("shutdown.done")
+
+
+async def _serve(
+    config: RelayConfig,
+    log: Logger,
+    rng: RandomSource,
+    wall_ms: Callable[[], int],
+    clock: Callable[[], float],
+    task_status: trio.TaskStatus[RelayHandle],
+) -> None:
     async with open_store(config.db, log) as store:
         app = RelayApp(config, store, log=log, rng=rng, wall_ms=wall_ms, clock=clock)
         cfg = hypercorn_config(config, log)
@@ -142,4 +156,3 @@ async def serve_relay(
                     # hypercorn gives what is left graceful_timeout; this is the hard stop behind it.
                     hypercorn_scope.deadline = trio.current_time() + HYPERCORN_GRACE_S + config.shutdown_grace_s
                 nursery.cancel_scope.cancel()
-    log.info("shutdown.done")

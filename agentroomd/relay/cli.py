@@ -1,0 +1,100 @@
+"""`agentroomd relay [--host 127.0.0.1] [--port 8787] [--db PATH] [--tunnel]`: the relay on its own.
+
+Settings come from the `[relay]` table of agentroom.toml (found as the daemon finds it: `--home`,
+`$AGENTROOM_HOME`, or the XDG layout), then the reference's environment variables, then these flags.
+Once listening it prints one JSON line on stdout, `{"event": "ready", "url": ..., "http_url": ...,
+"port": ...}`, so a script can start it on port 0 and read where it is; logs are NDJSON on stderr.
+SIGTERM or SIGINT stops it gracefully (sockets closed with 1001, store flushed); exit status 0.
+
+Exit codes: 0 stopped cleanly, 1 runtime failure (port in use, database unusable), 2 usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from functools import partial
+
+import trio
+
+from agentroomd.log import Logger
+from agentroomd.relay.config import RelayConfig, RelayConfigError, relay_config_from
+from agentroomd.relay.server import RelayHandle, serve_relay
+from agentroomd.relay.store import StoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentroomd relay", description="Run the agentroom relay (protocol v2).")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8787; 0 picks a free port)")
+    parser.add_argument("--db", help="SQLite database path, or :memory: (default: <state dir>/relay.db)")
+    parser.add_argument("--home", help="agentroom home directory (default $AGENTROOM_HOME or the XDG layout)")
+    parser.add_argument("--config", help="agentroom.toml to read the [relay] table from")
+    parser.add_argument("--tunnel", action="store_true", help="expose the relay through a cloudflared tunnel")
+    return parser
+
+
+def load_relay_config(args: argparse.Namespace) -> RelayConfig:
+    """The relay's settings for these arguments: agentroom.toml's [relay], the environment, then the flags."""
+    from agentroomd.config import ConfigError, load_config, resolve_paths
+
+    try:
+        paths = resolve_paths(home=args.home, config_file=args.config)
+        table = load_config(paths.config_file).relay
+    except ConfigError as exc:
+        raise RelayConfigError(str(exc)) from exc
+    return relay_config_from(
+        table, state_dir=paths.state_dir, host=args.host, port=args.port, db=args.db, tunnel=args.tunnel or None
+    )
+
+
+async def _run(config: RelayConfig, log: Logger) -> None:
+    async with trio.open_nursery() as nursery:
+        handle: RelayHandle = await nursery.start(partial(serve_relay, config, log=log))
+        ready = {"event": "ready", "url": handle.url, "http_url": handle.http_url, "port": handle.port}
+        print(json.dumps(ready), flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("shutdown.signal", signal=signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_relay_config(args)
+    except RelayConfigError as exc:
+        print(f"agentroomd relay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.tunnel:
+        print(
+            "agentroomd relay: --tunnel is not available yet (the cloudflared supervisor is not part of this build);"
+            " run `cloudflared tunnel --url http://127.0.0.1:PORT` beside the relay for now",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    log = Logger("relay", level=config.log_level)
+    failures: list[BaseException] = []
+    try:
+        trio.run(_run, config, log)
+    except* (OSError, StoreError, RelayConfigError) as group:
+        failures += _leaves(group)
+    except* KeyboardInterrupt:
+        pass  # a second Ctrl-C while stopping
+    for exc in failures:
+        log.error("server.failed", error=f"{exc.__class__.__name__}: {exc}")
+        print(f"agentroomd relay: {exc}", file=sys.stderr)
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
