@@ -122,14 +122,14 @@ def prepare_dirs(paths: Paths) -> None:
     try:
         ensure_private_dir(paths.state_dir)
         if paths.socket_dir.parent == Path("/tmp"):
-            _ensure_own_tmp_dir(paths.socket_dir)
+            ensure_own_tmp_dir(paths.socket_dir)
         else:
             ensure_private_dir(paths.socket_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create directory {exc.filename or paths.state_dir}: {exc.strerror or exc}") from exc
 
 
-def _ensure_own_tmp_dir(path: Path) -> None:
+def ensure_own_tmp_dir(path: Path) -> None:
     """The i3 rule for a directory in /tmp: it must be ours, 0700 and not a symlink, else someone planted it."""
     try:
         path.mkdir(mode=0o700)
