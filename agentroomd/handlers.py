@@ -392,7 +392,8 @@ class TurnsExhausted:
 
 
 HandlerEvent = HandlerRan | MessageSkipped | TurnsExhausted
-#: ``send_reply(peer, text, turn) -> sent``: the caller encrypts and sends; False if it could not.
+#: ``send_reply(peer, text, turn) -> sent``: the caller encrypts and sends. It returns False when the reply
+#: could not go out (counted in ``send_failures``, not a turn); an exception from it is a bug and ends the runner.
 SendReply = Callable[[str, str, int], Awaitable[bool]]
 
 
