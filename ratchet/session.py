@@ -23,6 +23,8 @@ has a bug that compatibility does not force, we fix it (PROTOCOL.md lists these)
 * ``seq`` must be below 2**32 (the reference silently reduces it modulo 2**32).
 """
 
+import binascii
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
@@ -35,7 +37,7 @@ from cattrs.cols import list_structure_factory
 
 from ratchet.encoding import b64u_decode, b64u_encode
 from ratchet.errors import InvalidKeyError, RatchetError
-from ratchet.kdf import chain_update, message_key
+from ratchet.kdf import LABEL_CHAIN, chain_update
 from ratchet.keys import KeyPair, x25519, x25519_public
 from ratchet.rand import RandomSource
 
@@ -133,6 +135,10 @@ class RatchetKeyPair:
 
     public: bytes
     secret: bytes
+    public_b64u: str = attrs.field(init=False, eq=False)  # what every frame carries as ratchet_pk
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "public_b64u", b64u_encode(self.public))
 
     def __repr__(self) -> str:
         return f"RatchetKeyPair(public={self.public.hex()[:16]}...)"
@@ -253,12 +259,12 @@ def encrypt(session: Session, plaintext: bytes, now_ms: int, rng: RandomSource) 
         seq = 0
     elif seq >= SEQ_LIMIT:
         raise SendChainExhaustedError(f"send chain exhausted after {SEQ_LIMIT} messages; the peer must ratchet first")
-    mk = message_key(send_chain_key, seq)
+    mk = _message_key(send_chain_key, seq)
     nonce = rng.random_bytes(NONCE_BYTES)
     box = sodium.crypto_secretbox(plaintext, nonce, mk)
     new_session = Session(
         peer_pk=session.peer_pk,
-        send_chain_key=chain_update(send_chain_key, mk),
+        send_chain_key=_next_chain_key(send_chain_key, mk),
         recv_chain_key=session.recv_chain_key,
         send_ephemeral=send_ephemeral,
         recv_ephemeral_pk=session.recv_ephemeral_pk,
@@ -268,7 +274,7 @@ def encrypt(session: Session, plaintext: bytes, now_ms: int, rng: RandomSource) 
         skipped=session.skipped,
         last_used_at=now_ms,
     )
-    return new_session, EncryptedMessage(b64u_encode(box), b64u_encode(nonce), seq, b64u_encode(send_ephemeral.public))
+    return new_session, EncryptedMessage(_b64u_encode(box), _b64u_encode(nonce), seq, send_ephemeral.public_b64u)
 
 
 # ── decrypt ─────────────────────────────────────────────────────────────────────────────────────
@@ -285,29 +291,56 @@ def decrypt(
     """
     if type(seq) is not int or not 0 <= seq < SEQ_LIMIT:
         raise SeqOutOfRangeError(f"seq must be an integer in 0..{SEQ_LIMIT - 1}, got {seq!r}")
-    box = b64u_decode(ciphertext)
+    box = _b64u_decode(ciphertext)
     if len(box) < MAC_BYTES:
         raise MalformedMessageError(f"ciphertext too short: {len(box)} bytes, a box has at least {MAC_BYTES}")
-    nonce_bytes = b64u_decode(nonce)
+    nonce_bytes = _b64u_decode(nonce)
     if len(nonce_bytes) != NONCE_BYTES:
         raise MalformedMessageError(f"nonce must be {NONCE_BYTES} bytes, got {len(nonce_bytes)}")
-    if ratchet_pk is None:
-        peer_ratchet_pk = None
-        # The reference looks frames without ratchet_pk up under ":<seq>", where nothing is ever stored.
-        lookup_prefix = ""
-    else:
-        peer_ratchet_pk = b64u_decode(ratchet_pk)
+    peer_ratchet_pk = None
+    if ratchet_pk is not None:
+        peer_ratchet_pk = _b64u_decode(ratchet_pk)
         if len(peer_ratchet_pk) != KEY_BYTES:
             raise MalformedMessageError(f"ratchet_pk must be {KEY_BYTES} bytes, got {len(peer_ratchet_pk)}")
-        lookup_prefix = b64u_encode(peer_ratchet_pk)
 
-    for index, entry in enumerate(session.skipped):
-        if entry.seq == seq and entry.prefix == lookup_prefix:
-            return _decrypt_skipped(session, index, box, nonce_bytes, now_ms)
+    if session.skipped:
+        # Keys are filed under the canonical text of the key, so a re-encoded ratchet_pk still finds
+        # them; the reference looks frames without ratchet_pk up under ":<seq>", where nothing is stored.
+        prefix = "" if peer_ratchet_pk is None else b64u_encode(peer_ratchet_pk)
+        for index, entry in enumerate(session.skipped):
+            if entry.seq == seq and entry.prefix == prefix:
+                return _decrypt_skipped(session, index, box, nonce_bytes, now_ms)
 
     if peer_ratchet_pk is None or peer_ratchet_pk == session.recv_ephemeral_pk:
         return _decrypt_current_chain(session, box, nonce_bytes, seq, now_ms)
-    return _decrypt_new_chain(session, box, nonce_bytes, seq, peer_ratchet_pk, lookup_prefix, now_ms)
+    return _decrypt_new_chain(session, box, nonce_bytes, seq, peer_ratchet_pk, now_ms)
+
+
+_TO_STANDARD_ALPHABET: Final = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE_ALPHABET: Final = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64u_encode(data: bytes) -> str:
+    """`b64u_encode` in one pass of C calls (ciphertexts are the largest strings we produce)."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE_ALPHABET).rstrip(b"=").decode("ascii")
+
+
+def _b64u_decode(text: str) -> bytes:
+    """`b64u_decode`, with a fast path for the well-formed text every honest peer sends.
+
+    When the text is plain base64 (either alphabet, optional correct padding), the strict decoder
+    gives exactly what the lenient one would; anything else takes the lenient path.
+    """
+    try:
+        data = text.encode("ascii").translate(_TO_STANDARD_ALPHABET)
+    except UnicodeEncodeError:
+        return b64u_decode(text)
+    if len(data) % 4:
+        data += b"=" * (-len(data) % 4)
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
+        return b64u_decode(text)
 
 
 def _open(box: bytes, nonce: bytes, key: bytes) -> bytes | None:
@@ -330,13 +363,29 @@ def _decrypt_skipped(session: Session, index: int, box: bytes, nonce: bytes, now
     return attrs.evolve(session, skipped=session.skipped[:index] + session.skipped[index + 1 :]), plaintext
 
 
+# The symmetric step on every message: kdf.message_key and kdf.chain_update computed the same way,
+# minus their argument checks (seq is already known to be below 2**32, keys are 32 bytes), because
+# this runs for every message and every skipped key. The transcript vectors pin both to the reference.
+_CHAIN_EXPAND: Final = LABEL_CHAIN.encode("ascii") + b"\x01"
+_blake2b = hashlib.blake2b
+
+
+def _message_key(chain_key: bytes, seq: int) -> bytes:
+    return _blake2b(seq.to_bytes(4, "big"), digest_size=KEY_BYTES, key=chain_key).digest()
+
+
+def _next_chain_key(chain_key: bytes, message_key: bytes) -> bytes:
+    prk = _blake2b(message_key, digest_size=KEY_BYTES, key=chain_key).digest()
+    return _blake2b(_CHAIN_EXPAND, digest_size=KEY_BYTES, key=prk).digest()
+
+
 def _advance(chain_key: bytes, first_seq: int, stop_seq: int) -> tuple[bytes, list[tuple[int, bytes]]]:
     """Step a chain from position ``first_seq`` to ``stop_seq``, returning the keys passed over."""
     keys = []
     for skipped_seq in range(first_seq, stop_seq):
-        mk = message_key(chain_key, skipped_seq)
+        mk = _message_key(chain_key, skipped_seq)
         keys.append((skipped_seq, mk))
-        chain_key = chain_update(chain_key, mk)
+        chain_key = _next_chain_key(chain_key, mk)
     return chain_key, keys
 
 
@@ -351,16 +400,17 @@ def _decrypt_current_chain(session: Session, box: bytes, nonce: bytes, seq: int,
         chain_key = session.recv_chain_key
     else:
         chain_key, passed = _advance(session.recv_chain_key, first, seq)
-    mk = message_key(chain_key, seq)
+    mk = _message_key(chain_key, seq)
     plaintext = _open(box, nonce, mk)
     if plaintext is None:
         raise AuthenticationError(f"message {seq} failed authentication on the current chain")
-    prefix = b64u_encode(session.recv_ephemeral_pk)
-    skipped = _store_skipped(session.skipped, [(prefix, passed)], now_ms) if passed else session.skipped
+    skipped = session.skipped
+    if passed:
+        skipped = _store_skipped(skipped, [(b64u_encode(session.recv_ephemeral_pk), passed)], now_ms)
     new_session = Session(
         peer_pk=session.peer_pk,
         send_chain_key=session.send_chain_key,
-        recv_chain_key=chain_update(chain_key, mk),
+        recv_chain_key=_next_chain_key(chain_key, mk),
         send_ephemeral=session.send_ephemeral,
         recv_ephemeral_pk=session.recv_ephemeral_pk,
         send_seq=session.send_seq,
@@ -373,7 +423,7 @@ def _decrypt_current_chain(session: Session, box: bytes, nonce: bytes, seq: int,
 
 
 def _decrypt_new_chain(
-    session: Session, box: bytes, nonce: bytes, seq: int, peer_ratchet_pk: bytes, prefix: str, now_ms: int
+    session: Session, box: bytes, nonce: bytes, seq: int, peer_ratchet_pk: bytes, now_ms: int
 ) -> tuple[Session, bytes]:
     """The first message we see under a new peer ratchet key: the receive DH step.
 
@@ -399,20 +449,20 @@ def _decrypt_new_chain(
     for lag in range(max_lag + 1):
         if lag:
             previous_seq = previous_first + lag - 1
-            previous_mk = message_key(previous_chain, previous_seq)
+            previous_mk = _message_key(previous_chain, previous_seq)
             previous_passed.append((previous_seq, previous_mk))
-            previous_chain = chain_update(previous_chain, previous_mk)
+            previous_chain = _next_chain_key(previous_chain, previous_mk)
         chain_key, passed = _advance(chain_update(previous_chain, dh_output), 0, seq)
-        mk = message_key(chain_key, seq)
+        mk = _message_key(chain_key, seq)
         plaintext = _open(box, nonce, mk)
         if plaintext is None:
             continue
-        additions = [(b64u_encode(session.recv_ephemeral_pk), previous_passed), (prefix, passed)]
+        additions = [(b64u_encode(session.recv_ephemeral_pk), previous_passed), (b64u_encode(peer_ratchet_pk), passed)]
         skipped = _store_skipped(session.skipped, additions, now_ms) if lag or seq else session.skipped
         new_session = Session(
             peer_pk=session.peer_pk,
             send_chain_key=session.send_chain_key,
-            recv_chain_key=chain_update(chain_key, mk),
+            recv_chain_key=_next_chain_key(chain_key, mk),
             send_ephemeral=session.send_ephemeral,
             recv_ephemeral_pk=peer_ratchet_pk,
             send_seq=session.send_seq,
