@@ -317,7 +317,8 @@ def cmd_listen(args: argparse.Namespace, client: ControlClient) -> int:
         note = client.next_notification(remaining)
         if note is None:
             break
-        params = note.get("params") if isinstance(note.get("params"), dict) else {}
+        raw_params = note.get("params")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
         if params.get("subscription") != subscription:
             continue
         if note.get("method") == api.MESSAGE_RECEIVED:

@@ -90,7 +90,7 @@ def resolve_paths(
         home_dir = _absolute(home_text)
         config = home_dir / CONFIG_FILE_NAME
         state = home_dir
-        socket_dir: Path | None = home_dir
+        socket_dir = home_dir
     else:
         home_dir = None
         user_home = Path(env.get("HOME") or Path.home())
@@ -317,7 +317,9 @@ def env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, An
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, str], str]:
     sources: dict[tuple[str, str], str] = {}
-    typed = {field.name: field.type for field in attrs.fields(Config) if attrs.has(field.type)}
+    typed: dict[str, type] = {
+        field.name: field.type for field in attrs.fields(Config) if field.type is not None and attrs.has(field.type)
+    }
     for (section, key), (variable, value) in env_overrides(env).items():
         settings = typed.get(section)
         if settings is not None and key not in attrs.fields_dict(settings):

@@ -25,6 +25,9 @@ from ratchet.identity import Identity
 
 StatusProvider = Callable[[], dict[str, Any]]
 ShutdownHook = Callable[[], Awaitable[None]]
+# A long-lived service: `async def run(ctx, *, task_status=trio.TASK_STATUS_IGNORED) -> None`, started
+# with `root.start(run, ctx)`; it runs until cancelled.
+Service = Callable[..., Awaitable[None]]
 
 
 @attrs.define(eq=False)

@@ -24,7 +24,7 @@ import traceback
 import trio
 
 from agentroomd.config import Config, ConfigError, Paths, load_config, prepare_dirs, resolve_paths
-from agentroomd.context import DaemonContext, Shutdown
+from agentroomd.context import DaemonContext, Service, Shutdown
 from agentroomd.control.connection import Gauge
 from agentroomd.control.inbox import Inbox, MemoryJournal
 from agentroomd.control.methods import register_daemon_methods
@@ -130,16 +130,19 @@ async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logg
     log.info("stopped", reason=ctx.shutdown.reason)
 
 
-async def start_services(ctx: DaemonContext, root: trio.Nursery) -> None:
-    """Every long-lived service, in dependency order, each ready before the next starts.
+# Every long-lived service, in dependency order: `async def run(ctx, *, task_status)`. Each one registers
+# its control methods (replacing the reserved stubs), status provider and shutdown hook on `ctx`, then
+# calls `task_status.started()`. The order to keep:
+#   1. client sessions: relay connections, ratchet sessions, the durable journal (`ctx.inbox.use_journal`)
+#   2. rooms: the hosted relay and its tunnel, then the handlers (they consume the inbox)
+# The control socket comes after all of them (in `run_daemon`): when it answers, everything is ready.
+SERVICES: tuple[Service, ...] = ()
 
-    Each service's `run(ctx, task_status=...)` registers its control methods, status and shutdown
-    hooks on `ctx` before calling `task_status.started()`. The order to keep:
-      1. client sessions (relay connections, ratchet sessions, durable journal: `ctx.inbox.use_journal`)
-      2. hosted relay and tunnel (rooms), then handlers (they consume the inbox)
-    The control socket is started after all of them by `run_daemon`.
-    """
-    ctx.log.debug("services_started", count=0)
+
+async def start_services(ctx: DaemonContext, root: trio.Nursery) -> None:
+    for service in SERVICES:
+        await root.start(service, ctx)
+        ctx.log.debug("service_started", service=getattr(service, "__qualname__", repr(service)))
 
 
 async def watch_signals(

@@ -87,11 +87,13 @@ class RpcError(Exception):
         """Rebuild from a wire error object; tolerant, because it may come from a newer or broken daemon."""
         if not isinstance(error, dict):
             return cls(INTERNAL_ERROR, f"malformed error object from the daemon: {error!r}"[:300])
-        data = error.get("data") if isinstance(error.get("data"), dict) else {}
-        code = error.get("code") if isinstance(error.get("code"), int) else INTERNAL_ERROR.code
-        type_ = data.get("type") if isinstance(data.get("type"), str) else "jsonrpc.Error"
-        message = error.get("message") if isinstance(error.get("message"), str) else "unknown error"
-        extra = {key: value for key, value in data.items() if key != "type"}
+        raw_data, raw_code, raw_message = error.get("data"), error.get("code"), error.get("message")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        code = raw_code if isinstance(raw_code, int) else INTERNAL_ERROR.code
+        raw_type = data.get("type")
+        type_ = raw_type if isinstance(raw_type, str) else "jsonrpc.Error"
+        message = raw_message if isinstance(raw_message, str) else "unknown error"
+        extra = {str(key): value for key, value in data.items() if key != "type"}
         return cls(ErrorKind(code, type_), message, **extra)
 
     def __repr__(self) -> str:

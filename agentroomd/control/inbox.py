@@ -107,8 +107,7 @@ class Subscription:
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](buffer)
         # Messages published from now on reach the channel; everything up to `high` comes from the journal.
         self.high = inbox.journal.last_cursor
-        self.start = self.high if since is None else min(since, self.high)
-        self.delivered = self.start
+        self.delivered = self.high if since is None else min(since, self.high)  # the last cursor handed out
         self._backlog: collections.deque[ReceivedMessage] = collections.deque()
         self.end: SubscriptionEnd | None = None
         self.detached = False

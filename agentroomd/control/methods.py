@@ -7,13 +7,14 @@ from the start and a script can tell "not built yet" from "unknown method".
 
 import os
 import time
+from typing import Any
 
 from agentroomd.context import DaemonContext
 from agentroomd.control import api
 from agentroomd.control.rpc import Caller
 from agentroomd.control.server import ControlServer
 
-RESERVED = {
+RESERVED: dict[api.MethodSpec[Any, Any], str] = {
     api.RELAY_CONNECT: "client sessions",
     api.INVITE_CREATE: "client sessions",
     api.INVITE_ACCEPT: "client sessions",

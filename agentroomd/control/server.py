@@ -166,6 +166,7 @@ class ControlServer:
             await _refuse(stream, api.LIMIT_EXCEEDED, f"too many control connections (limit {self.max_clients})")
             return
         self.clients += 1
+        self.log.debug("control_connected", connection=connection_id, peer_pid=pid)
         try:
             async with trio.open_nursery() as nursery:
                 connection = Connection(stream, connection_id, nursery, peer_pid=pid)
@@ -180,6 +181,7 @@ class ControlServer:
             self.log.error("control_connection_failed", connection=connection_id, error=repr(exc))
         finally:
             self.clients -= 1
+            self.log.debug("control_disconnected", connection=connection_id)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -156,3 +157,13 @@ def test_a_home_too_long_for_sun_path_uses_a_short_socket_both_sides_agree_on() 
         assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
         assert ctl(home, "--json", "stop").returncode == 0
         assert not socket_path.exists()
+
+
+def test_after_the_daemon_is_killed_the_next_command_starts_a_fresh_one(home: Path) -> None:
+    first = json_out(ctl(home, "--json", "status"))
+    os.kill(first["pid"], signal.SIGKILL)
+    assert wait_pid_exit(first["pid"], 10)
+    second = ctl(home, "--json", "status")
+    assert second.returncode == 0, second.stderr
+    assert json_out(second)["pid"] != first["pid"]
+    assert json_out(second)["pk"] == first["pk"]
