@@ -34,6 +34,10 @@ class Caller(Protocol):
         """Start ``fn`` as a task of this connection once the reply to the current call has been written."""
         ...
 
+    def drop_deferred(self) -> None:
+        """The call failed: forget what it registered with `after_reply`."""
+        ...
+
 
 Handler = Callable[[Any, Caller], Awaitable[Any]]
 
@@ -124,8 +128,10 @@ class MethodRegistry:
         try:
             result = await entry.handler(typed, caller)
         except RpcError:
+            caller.drop_deferred()
             raise
         except Exception as exc:  # a bug in a handler: log it fully, tell the client only that it happened
+            caller.drop_deferred()
             self.internal_errors += 1
             self._log.error(
                 "control_method_failed",

@@ -217,13 +217,9 @@ class ControlServer:
         self.in_flight.enter()
         try:
             response = await self.methods.dispatch(message, connection)
-            if response is None:
-                connection.drop_deferred()
-                return
-            if "error" in response:
-                connection.drop_deferred()
-            await connection.send(response)
-            connection.start_deferred()
+            if response is not None:
+                await connection.send(response)
+            connection.start_deferred()  # only what a successful call registered (failed calls drop theirs)
         finally:
             self.in_flight.leave()
 

@@ -117,3 +117,16 @@ def test_usage_errors_exit_2(home: Path) -> None:
     result = subprocess.run([AGENTROOMD, "launch"], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "invalid choice" in result.stderr
     assert os.listdir(home) == []
+
+
+def test_daemon_stop_as_a_notification_stops_too(home: Path) -> None:
+    daemon = Daemon(home).wait_ready()
+    client = RawClient(home / "agentroomd.sock")
+    try:
+        client.send_line(b'{"jsonrpc": "2.0", "method": "daemon.stop"}')  # no id: no answer, but it acts
+        assert daemon.wait_exit() == 0
+        assert client.at_eof()
+    finally:
+        client.close()
+        daemon.close()
+    assert not (home / "agentroomd.sock").exists()
