@@ -27,8 +27,10 @@ from agentroomd.relay.connection import Connection
 from agentroomd.relay.hub import Hub, wall_ms
 from agentroomd.relay.metrics import Metrics
 from agentroomd.relay.store import RelayStore, StoreError
+from agentroomd.relay.wire import ack_text, routed_text
 from ratchet.frames import (
     Ack,
+    AckStatus,
     Delivery,
     DeliveryAck,
     Error,
@@ -326,9 +328,11 @@ class RelayApp:
         frame = make_error(self.rng, self.wall_ms(), code, message, ref_msg_id=ref)
         await conn.send_text(serialize_frame(frame))
 
-    async def _ack(self, conn: Connection, ref: str, status: str, error: str | None = None) -> None:
-        frame = make_ack(self.rng, self.wall_ms(), ref, status, error=error)  # type: ignore[arg-type]
-        await conn.send_text(serialize_frame(frame))
+    async def _ack(self, conn: Connection, ref: str, status: AckStatus, error: str | None = None) -> None:
+        if error is None:
+            await conn.send_text(ack_text(self.rng.uuid4(), self.wall_ms(), ref, status))
+        else:
+            await conn.send_text(serialize_frame(make_ack(self.rng, self.wall_ms(), ref, status, error=error)))
 
     # ------------------------------------------------------------------ authentication
 
@@ -359,12 +363,19 @@ class RelayApp:
             ack = make_hello_ack(self.rng, now, token, acks_deliveries=conn.acks_deliveries)
             await conn.send_text(serialize_frame(ack))
             return
-        await self.store.upsert_agent(frame.ed25519_pk, frame.x25519_pk, frame.acks_deliveries, now // 1000)
+        self.hub.register(conn, frame.ed25519_pk, frame.acks_deliveries)
+        try:
+            pending = await self.store.upsert_agent(
+                frame.ed25519_pk, frame.x25519_pk, frame.acks_deliveries, now // 1000
+            )
+        except StoreError:
+            self.hub.abandon(conn)
+            raise
         ack = make_hello_ack(self.rng, now, token, acks_deliveries=frame.acks_deliveries)
         await conn.send_text(serialize_frame(ack))
         self.metrics.inc("hello_success_total")
         self.log.info("hello.success", pk=short_pk(frame.ed25519_pk), acks_deliveries=frame.acks_deliveries)
-        self.hub.register(conn, frame.ed25519_pk, frame.acks_deliveries)
+        conn.start_pump(rows_waiting=pending > 0)
 
     async def _resume(self, conn: Connection, token: str) -> None:
         claims = verify_token(token, self._secrets, self.wall_ms(), int(self.config.token_ttl_s * 1000))
@@ -372,16 +383,19 @@ class RelayApp:
             self.metrics.inc("token_failures_total")
             await self._error(conn, "UNAUTH", "invalid or expired session token", None)
             return
+        self.hub.register(conn, claims.ed25519_pk, False)
         try:
-            acks = await self.store.touch_agent(claims.ed25519_pk, self.wall_ms() // 1000)
+            acks, pending = await self.store.touch_agent(claims.ed25519_pk, self.wall_ms() // 1000)
         except StoreError as exc:
+            self.hub.abandon(conn)
             self.metrics.inc("store_errors_total")
             self.log.error("store.error", error=str(exc), type="resume")
             await self._error(conn, "INTERNAL", "relay storage failure", None)
             return
+        conn.acks_deliveries = acks  # nothing was handed over yet: the mode may still change
         self.metrics.inc("token_resumes_total")
         self.log.info("token.resume", pk=short_pk(claims.ed25519_pk), acks_deliveries=acks)
-        self.hub.register(conn, claims.ed25519_pk, acks)
+        conn.start_pump(rows_waiting=pending > 0)
 
     # ------------------------------------------------------------------ routing and invites
 
@@ -428,20 +442,20 @@ class RelayApp:
             self.log.warn("invite_claim.invalid_sig", **{"from": short_pk(frame.from_)}, invite_id=frame.invite_id)
             await self._error(conn, "INVALID_SIG", "INVITE_CLAIM signature verification failed", frame.msg_id)
             return
-        routed = routed_from_claim(frame, invite.inviter_pk)
+        envelope = routed_text(routed_from_claim(frame, invite.inviter_pk))
         row_id = self.rng.uuid4()
         inviter = invite.inviter_pk
         self.hub.begin_insert(inviter)
         try:
             result, ord_ = await self.store.claim_invite(
-                frame.invite_id, now, row_id, serialize_frame(routed), self.config.max_pending_msgs
+                frame.invite_id, now, row_id, envelope, self.config.max_pending_msgs
             )
         finally:
             self.hub.end_insert(inviter)
         if result == "claimed":
             assert ord_ is not None
             self.metrics.inc("invites_claimed_total")
-            self.hub.offer_row(inviter, row_id, routed, ord_)
+            self.hub.offer_row(inviter, row_id, envelope, ord_)
             await self._ack(conn, frame.msg_id, "queued")
         elif result == "queue_full":
             self.metrics.inc("queue_full_total")

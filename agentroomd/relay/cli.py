@@ -87,9 +87,9 @@ def main(argv: list[str]) -> int:
         failures += _leaves(group)
     except* KeyboardInterrupt:
         pass  # a second Ctrl-C while stopping
-    for exc in failures:
-        log.error("server.failed", error=f"{exc.__class__.__name__}: {exc}")
-        print(f"agentroomd relay: {exc}", file=sys.stderr)
+    for failure in failures:
+        log.error("server.failed", error=f"{failure.__class__.__name__}: {failure}")
+        print(f"agentroomd relay: {failure}", file=sys.stderr)
     return EXIT_FAILURE if failures else EXIT_OK
 
 

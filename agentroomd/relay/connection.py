@@ -24,7 +24,8 @@ import trio
 
 from agentroomd.relay.outbox import Outbox, OutItem
 from agentroomd.relay.store import StoreError
-from ratchet.frames import Delivery, FrameError, Msg, SessionAck, SessionInit, parse_frame, serialize_frame
+from agentroomd.relay.wire import delivery_text, routed_text
+from ratchet.frames import FrameError, Msg, SessionAck, SessionInit, parse_frame
 
 if TYPE_CHECKING:
     from agentroomd.relay.hub import Hub
@@ -76,14 +77,16 @@ class Connection:
                 self._disconnected.set()
                 nursery.cancel_scope.cancel()
 
-    def start_pump(self) -> None:
-        """Begin moving stored frames for `pk` (call once authenticated; restarts from the oldest row)."""
+    def start_pump(self, rows_waiting: bool) -> None:
+        """Begin moving stored frames for `pk` to the socket (call once authenticated and HELLO_ACK is queued).
+
+        ``rows_waiting`` is False only when the store had no row for `pk` after this connection was
+        registered: then, unless something was stored meanwhile, live delivery may start at once.
+        """
         if self._nursery is None or self.closing:
             return
-        if self._pump_scope is not None:
-            self._pump_scope.cancel()
         self.cursor = 0
-        self.caught_up = False
+        self.caught_up = not rows_waiting and not self._wake.is_set() and not self.hub.inserts_in_flight(self.pk)
         self._pump_scope = trio.CancelScope()
         self._nursery.start_soon(self._pump, self._pump_scope)
 
@@ -156,6 +159,8 @@ class Connection:
     async def _pump_rows(self) -> None:
         hub, pk = self.hub, self.pk
         assert pk is not None
+        if self.caught_up:
+            await self._wake.wait()
         while True:
             self._wake = trio.Event()
             rows = await hub.store.fetch_pending(pk, self.cursor, PUMP_BATCH, hub.pending_not_before_s())
@@ -177,9 +182,9 @@ class Connection:
                     hub.store.discard([(pk, row.id)])
                     self.cursor = row.ord
                     continue
-                delivery = Delivery(msg_id=row.id, ts=hub.now_ms(), routed=routed)
+                text = delivery_text(row.id, hub.now_ms(), routed_text(routed))
                 if self.acks_deliveries:
                     self.unacked.add(row.id)
-                if not await self.outbox.put(OutItem(serialize_frame(delivery), row_id=row.id, is_delivery=True)):
+                if not await self.outbox.put(OutItem(text, row_id=row.id, is_delivery=True)):
                     return
                 self.cursor = row.ord

@@ -19,7 +19,8 @@ from agentroomd.relay.connection import Connection
 from agentroomd.relay.metrics import Metrics
 from agentroomd.relay.outbox import OutItem
 from agentroomd.relay.store import RelayStore
-from ratchet.frames import Delivery, Routed, serialize_frame
+from agentroomd.relay.wire import delivery_text, routed_text
+from ratchet.frames import Routed
 from ratchet.rand import RandomSource
 
 RouteResult = Literal["delivered", "queued", "queue_full"]
@@ -49,25 +50,31 @@ class Hub:
     # ------------------------------------------------------------------ registry
 
     def register(self, conn: Connection, pk: str, acks_deliveries: bool) -> None:
-        """``conn`` now speaks for ``pk``; an older connection of that key is closed (1000, replaced)."""
+        """``conn`` now speaks for ``pk``; an older connection of that key is closed (1000, replaced).
+
+        From here on frames for ``pk`` are stored and wake ``conn``, until `Connection.start_pump`
+        (called once HELLO_ACK is queued) lets live delivery begin. Register *before* asking the store
+        whether rows are waiting, so that no row stored in between can be missed.
+        """
         previous = self.agents.get(pk)
         if previous is not None and previous is not conn:
             previous.close(1000, "replaced by new connection", drain=False)
-            self._forget(previous)
+            self.unregister(previous)
         conn.pk = pk
         conn.acks_deliveries = acks_deliveries
         conn.unacked.clear()
         self.agents[pk] = conn
-        conn.start_pump()
 
     def unregister(self, conn: Connection) -> None:
-        """``conn`` is gone: forget it, but only if it is still the one registered for its key."""
+        """``conn`` is gone (or failed to authenticate): forget it, if it is still the one registered for its key."""
         if conn.pk is not None and self.agents.get(conn.pk) is conn:
             del self.agents[conn.pk]
 
-    def _forget(self, conn: Connection) -> None:
-        if conn.pk is not None and self.agents.get(conn.pk) is conn:
-            del self.agents[conn.pk]
+    def abandon(self, conn: Connection) -> None:
+        """Authentication could not be completed (the store failed): ``conn`` is unauthenticated again."""
+        self.unregister(conn)
+        conn.pk = None
+        conn.acks_deliveries = False
 
     def inserts_in_flight(self, pk: str | None) -> bool:
         return pk is not None and self._inserting[pk] > 0
@@ -80,36 +87,35 @@ class Hub:
     async def route(self, routed: Routed) -> RouteResult:
         """Deliver ``routed`` to its recipient now, or store it; "queue_full" when neither is possible."""
         to = routed.to
+        envelope = routed_text(routed)
         conn = self.agents.get(to)
         if conn is not None and not conn.acks_deliveries:
-            delivery = Delivery(msg_id=self.rng.uuid4(), ts=self.now_ms(), routed=routed)
-            if conn.offer(OutItem(serialize_frame(delivery), is_delivery=True), None):
+            text = delivery_text(self.rng.uuid4(), self.now_ms(), envelope)
+            if conn.offer(OutItem(text, is_delivery=True), None):
                 self.metrics.inc("messages_delivered_total")
                 return "delivered"
         row_id = self.rng.uuid4()
         self._inserting[to] += 1
         try:
-            ord_ = await self.store.enqueue(
-                to, row_id, serialize_frame(routed), self.now_ms() // 1000, self.config.max_pending_msgs
-            )
+            ord_ = await self.store.enqueue(to, row_id, envelope, self.now_ms() // 1000, self.config.max_pending_msgs)
         finally:
             self._done_inserting(to)
         if ord_ is None:
             self.metrics.inc("queue_full_total")
             return "queue_full"
-        if self.offer_row(to, row_id, routed, ord_):
+        if self.offer_row(to, row_id, envelope, ord_):
             self.metrics.inc("messages_delivered_total")
             return "delivered"
         self.metrics.inc("messages_queued_total")
         return "queued"
 
-    def offer_row(self, to: str, row_id: str, routed: Routed, ord_: int) -> bool:
+    def offer_row(self, to: str, row_id: str, envelope: str, ord_: int) -> bool:
         """A row was stored for ``to``: hand it over live if possible (True), else wake the pump."""
         conn = self.agents.get(to)
         if conn is None:
             return False
-        delivery = Delivery(msg_id=row_id, ts=self.now_ms(), routed=routed)
-        if conn.offer(OutItem(serialize_frame(delivery), row_id=row_id, is_delivery=True), ord_):
+        text = delivery_text(row_id, self.now_ms(), envelope)
+        if conn.offer(OutItem(text, row_id=row_id, is_delivery=True), ord_):
             return True
         conn.wake()
         return False

@@ -138,8 +138,10 @@ class RelayStore:
 
     # ------------------------------------------------------------------ agents
 
-    async def upsert_agent(self, ed25519_pk: str, x25519_pk: str, acks_deliveries: bool, now_s: int) -> None:
-        def body(conn: sqlite3.Connection) -> None:
+    async def upsert_agent(self, ed25519_pk: str, x25519_pk: str, acks_deliveries: bool, now_s: int) -> int:
+        """Record a HELLO; returns how many rows are queued for this agent."""
+
+        def body(conn: sqlite3.Connection) -> int:
             conn.execute(
                 "INSERT INTO agents (ed25519_pk, x25519_pk, registered_at, last_seen, acks_deliveries)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(ed25519_pk) DO UPDATE SET"
@@ -147,16 +149,17 @@ class RelayStore:
                 " acks_deliveries = excluded.acks_deliveries",
                 (ed25519_pk, x25519_pk, now_s, now_s, int(acks_deliveries)),
             )
+            return _count_pending(conn, ed25519_pk)
 
-        await self._run("upsert_agent", self._tx, body)
+        return await self._run("upsert_agent", self._tx, body)
 
-    async def touch_agent(self, ed25519_pk: str, now_s: int) -> bool:
-        """Record a token resume; returns whether this agent's client acknowledges deliveries."""
+    async def touch_agent(self, ed25519_pk: str, now_s: int) -> tuple[bool, int]:
+        """Record a token resume; returns whether this agent acknowledges deliveries, and its queued rows."""
 
-        def body(conn: sqlite3.Connection) -> bool:
+        def body(conn: sqlite3.Connection) -> tuple[bool, int]:
             conn.execute("UPDATE agents SET last_seen = ? WHERE ed25519_pk = ?", (now_s, ed25519_pk))
             row = conn.execute("SELECT acks_deliveries FROM agents WHERE ed25519_pk = ?", (ed25519_pk,)).fetchone()
-            return bool(row[0]) if row else False
+            return (bool(row[0]) if row else False), _count_pending(conn, ed25519_pk)
 
         return await self._run("touch_agent", self._tx, body)
 
@@ -351,13 +354,16 @@ class RelayStore:
             self._closed = True
 
 
+def _count_pending(conn: sqlite3.Connection, to_pk: str) -> int:
+    (count,) = conn.execute("SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (to_pk,)).fetchone()
+    return int(count)
+
+
 def _insert_pending(
     conn: sqlite3.Connection, to_pk: str, row_id: str, envelope: str, now_s: int, cap: int | None
 ) -> int | None:
-    if cap is not None:
-        (count,) = conn.execute("SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (to_pk,)).fetchone()
-        if count >= cap:
-            return None
+    if cap is not None and _count_pending(conn, to_pk) >= cap:
+        return None
     cursor = conn.execute(
         "INSERT INTO pending_messages (id, to_pk, envelope, created_at) VALUES (?, ?, ?, ?)",
         (row_id, to_pk, envelope, now_s),

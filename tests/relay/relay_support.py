@@ -341,3 +341,78 @@ async def authenticated(
 def quiet_log() -> tuple[Logger, LogCapture]:
     capture = LogCapture()
     return Logger("relay", level="debug", stream=capture), capture
+
+
+class StalledClient:
+    """A WebSocket client (raw wsproto over a socket with a tiny receive buffer) that reads only when told.
+
+    trio-websocket keeps reading into its own queue; to make the relay see a slow recipient, this
+    one stops reading entirely, so the relay's writes back up into the kernel and then its outbox.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import wsproto
+
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._texts: list[str] = []
+        self._partial = ""
+
+    async def _pump_events(self) -> None:
+        import wsproto.events as ev
+
+        data = await self.stream.receive_some(65_536)
+        if not data:
+            raise EOFError("relay closed the connection")
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, ev.TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self._texts.append(self._partial)
+                    self._partial = ""
+            elif isinstance(event, ev.Ping):
+                await self.stream.send_all(self.ws.send(event.response()))
+
+    async def send(self, frame: Frame) -> None:
+        import wsproto.events as ev
+
+        await self.stream.send_all(self.ws.send(ev.Message(data=serialize_frame(frame))))
+
+    async def recv(self) -> Frame:
+        with trio.fail_after(WAIT_S):
+            while not self._texts:
+                await self._pump_events()
+        return parse_frame(self._texts.pop(0))
+
+    async def expect(self, cls: type[F]) -> F:
+        frame = await self.recv()
+        assert isinstance(frame, cls), f"expected {cls.TYPE}, got {frame!r}"
+        return frame
+
+
+@asynccontextmanager
+async def stalled_client(relay: RelayHandle, agent: Agent) -> AsyncIterator[StalledClient]:
+    """An authenticated `StalledClient` for ``agent`` (HELLO done, HELLO_ACK read)."""
+    import socket as stdlib_socket
+
+    import wsproto.events as ev
+
+    challenge = await fetch_challenge(relay)
+    sock = trio.socket.socket()
+    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    with trio.fail_after(WAIT_S):
+        await sock.connect(("127.0.0.1", relay.port))
+    stream = trio.SocketStream(sock)
+    async with stream:
+        client = StalledClient(stream)
+        await stream.send_all(client.ws.send(ev.Request(host=f"127.0.0.1:{relay.port}", target="/ws")))
+        with trio.fail_after(WAIT_S):
+            while client.ws.state.name != "OPEN":
+                data = await stream.receive_some(65_536)
+                client.ws.receive_data(data)
+                for event in client.ws.events():
+                    assert isinstance(event, ev.AcceptConnection), event
+        await client.send(agent.hello(challenge))
+        await client.expect(HelloAck)
+        yield client
