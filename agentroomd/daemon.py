@@ -23,6 +23,7 @@ import traceback
 
 import trio
 
+from agentroomd.client.service import run_sessions
 from agentroomd.config import Config, ConfigError, Paths, load_config, prepare_dirs, resolve_paths
 from agentroomd.context import DaemonContext, Service, Shutdown
 from agentroomd.control.connection import Gauge
@@ -136,7 +137,7 @@ async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logg
 #   1. client sessions: relay connections, ratchet sessions, the durable journal (`ctx.inbox.use_journal`)
 #   2. rooms: the hosted relay and its tunnel, then the handlers (they consume the inbox)
 # The control socket comes after all of them (in `run_daemon`): when it answers, everything is ready.
-SERVICES: tuple[Service, ...] = ()
+SERVICES: tuple[Service, ...] = (run_sessions,)
 
 
 async def start_services(ctx: DaemonContext, root: trio.Nursery) -> None:

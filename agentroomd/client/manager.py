@@ -1,0 +1,480 @@
+"""The session manager: one ratchet session per peer, one connection per relay, durable in both directions.
+
+The path of a message through this module:
+
+send:    resolve peer -> (peer lock) encrypt -> store state + outbox + journal in one transaction
+         -> wake the relay's sender -> sender sends outbox rows in order -> relay ACK -> outbox row done
+receive: DELIVERY -> signature -> (peer lock) decrypt -> store state + journal in one transaction
+         -> subscribers -> the connection acknowledges the DELIVERY to the relay
+
+A frame is sealed and saved before it leaves, so a crash re-sends the same sealed frame instead of
+re-using a message key; a received frame is journaled before it is acknowledged, and journaled only
+once (the journal is keyed by the sender's msg_id), so a crash between the two re-delivers it and the
+duplicate is recognised.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from agentroomd.client.connection import Backoff, ConnectionLost, RelayConnection
+from agentroomd.client.journal import StoreJournal
+from agentroomd.client.store import ClientStore, PeerRow, StoreError
+from agentroomd.control.api import ReceivedMessage
+from agentroomd.log import Logger, short_pk
+from ratchet.encoding import b64u_decode, b64u_encode
+from ratchet.errors import RatchetError
+from ratchet.frames import (
+    Ack,
+    Delivery,
+    Error,
+    InviteClaim,
+    InvitePublish,
+    Msg,
+    SessionAck,
+    SessionInit,
+    serialize_frame,
+)
+from ratchet.handshake import HandshakeError, accept_invite, check_session_ack, handle_session_init
+from ratchet.invite import SignedInvite, create_invite, parse_invite_url
+from ratchet.keys import KeyPair
+from ratchet.rand import SYSTEM_RANDOM, RandomSource
+from ratchet.session import DecryptError, Session, decrypt, encrypt, session_from_json, session_to_json
+from ratchet.signatures import sign_routed, verify_routed
+
+MAX_PLAINTEXT_BYTES = 147_440  # 196,608 base64url chars of ciphertext, minus the 16-byte MAC
+INVITE_GRACE_MS = 30_000
+RETRY_DELAY_S = 1.0
+
+
+class ClientError(Exception):
+    """A request the user made cannot be done; ``kind`` names the case for the control plane."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@attrs.define
+class Counters:
+    received: int = 0
+    sent: int = 0
+    undecryptable: int = 0
+    bad_signature: int = 0
+    unknown_peer: int = 0
+    duplicates: int = 0
+    unsolicited_session_init: int = 0
+    misaddressed: int = 0
+
+
+@attrs.define
+class _SendWaiter:
+    done: trio.Event = attrs.Factory(trio.Event)
+    status: str = ""
+    error: str | None = None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SessionManager:
+    """Owns every peer session, relay connection and outbox sender of one identity."""
+
+    def __init__(
+        self,
+        identity: KeyPair,
+        store: ClientStore,
+        log: Logger,
+        *,
+        rng: RandomSource = SYSTEM_RANDOM,
+        clock_ms: Callable[[], int] = now_ms,
+        backoff_factory: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self.identity = identity
+        self.pk = b64u_encode(identity.ed25519_pk)
+        self.store = store
+        self.journal = StoreJournal(store)
+        self.log = log
+        self.rng = rng
+        self.clock_ms = clock_ms
+        self.counters = Counters()
+        self._backoff_factory = backoff_factory
+        self._sessions: dict[str, Session] = {}
+        self._peers: dict[str, PeerRow] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._connections: dict[str, RelayConnection] = {}
+        self._wake: dict[str, trio.Event] = {}
+        self._send_waiters: dict[str, _SendWaiter] = {}
+        self._handshake_events: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.on_received: Callable[[ReceivedMessage], None] = lambda record: None
+        self.on_peer: Callable[[str], None] = lambda pk: None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus["SessionManager"] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load every peer, connect to every relay we have a peer or an open invite on, run until cancelled."""
+        for row in await self.store.call(self.store.peers):
+            try:
+                self._sessions[row.pk] = session_from_json(row.state)
+            except RatchetError as exc:
+                raise StoreError(
+                    f"session state of peer {short_pk(row.pk)} in {self.store.path} is corrupt: {exc}"
+                ) from exc
+            self._peers[row.pk] = row
+        relays = {row.relay_url for row in self._peers.values()}
+        relays |= {inv.relay_url for inv in await self.store.call(self.store.invites)
+                   if inv.redeemed_by is None and inv.expires_at > self.clock_ms()}
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for url in sorted(relays):
+                self.connection(url)
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    def connection(self, url: str) -> RelayConnection:
+        """The connection to ``url``, started on first use (with its outbox sender)."""
+        conn = self._connections.get(url)
+        if conn is None:
+            if self._nursery is None:
+                raise RuntimeError("SessionManager.run() has not started")
+            conn = RelayConnection(
+                url, self.identity, self, self.log, rng=self.rng, clock_ms=self.clock_ms,
+                backoff=self._backoff_factory(), on_connected=self._on_connected,
+            )
+            self._connections[url] = conn
+            self._wake[url] = trio.Event()
+            self._nursery.start_soon(conn.run)
+            self._nursery.start_soon(self._outbox_sender, conn)
+        return conn
+
+    def relays(self) -> list[RelayConnection]:
+        return list(self._connections.values())
+
+    async def wait_connected(self, url: str, timeout_s: float) -> RelayConnection:
+        conn = self.connection(url)
+        with trio.move_on_after(timeout_s):
+            await conn.wait_connected()
+            return conn
+        detail = f": {conn.last_error}" if conn.last_error else ""
+        raise ClientError("relay_unreachable", f"cannot reach relay {url}{detail}; is it running and reachable?")
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def peers(self) -> list[PeerRow]:
+        return sorted(self._peers.values(), key=lambda row: row.created_at)
+
+    def resolve_peer(self, ref: str) -> str:
+        """A full public key, a unique prefix of one, or a local alias -> the full public key."""
+        if ref in self._peers:
+            return ref
+        by_alias = [pk for pk, row in self._peers.items() if row.alias == ref]
+        if by_alias:
+            return by_alias[0]
+        matches = [pk for pk in self._peers if pk.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ClientError("ambiguous_peer", f"{ref!r} matches {len(matches)} peers; give more characters")
+        raise ClientError("unknown_peer", f"no peer {ref!r}: see `agentroomctl peers`, or accept an invite first")
+
+    def _lock(self, pk: str) -> trio.Lock:
+        return self._locks.setdefault(pk, trio.Lock())
+
+    # -- invites --------------------------------------------------------------------------------
+
+    async def create_invite(self, relay_url: str, ttl_ms: int, timeout_s: float = 15.0) -> SignedInvite:
+        """Create an invite for ``relay_url``, remember its nonce, and publish it on that relay."""
+        invite = create_invite(self.identity, relay_url, self.clock_ms(), self.rng, ttl_ms=ttl_ms)
+        blob = invite.blob
+        await self.store.call(self.store.add_invite, blob.invite_id, blob.nonce, relay_url, blob.expires_at)
+        conn = await self.wait_connected(relay_url, timeout_s)
+        frame = InvitePublish(
+            msg_id=self.rng.uuid4(), ts=self.clock_ms(), invite_id=blob.invite_id,
+            blob=invite.url.split("agentroom://invite/", 1)[1], expires_at=blob.expires_at,
+        )
+        answer = await self._request(conn, frame.msg_id, serialize_frame(frame), timeout_s)
+        if isinstance(answer, Error):
+            raise ClientError("relay_refused", f"relay refused the invite: {answer.code} {answer.message}")
+        if answer.status == "error":
+            raise ClientError("relay_refused", f"relay refused the invite: {answer.error}")
+        self.log.info("invite.created", invite_id=blob.invite_id, relay=relay_url, expires_at=blob.expires_at)
+        return invite
+
+    async def accept_invite(self, url: str, alias: str | None = None, timeout_s: float = 15.0,
+                            wait_ack_s: float = 5.0) -> tuple[str, str, bool]:
+        """Claim an invite: returns (inviter pk, relay url, whether the inviter answered within wait_ack_s)."""
+        try:
+            invite = parse_invite_url(url.strip(), self.clock_ms())
+        except RatchetError as exc:
+            raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
+        inviter = invite.blob.inviter_ed25519_pk
+        relay_url = invite.blob.server_url
+        if inviter in self._peers:
+            raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
+        try:
+            claim, session = accept_invite(self.identity, invite, self.clock_ms())
+        except RatchetError as exc:
+            raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
+        handshake = json.dumps({"state": "claimed", "nonce": invite.blob.nonce,
+                                "key_a": b64u_encode(session.recv_chain_key)})
+        conn = await self.wait_connected(relay_url, timeout_s)
+        event = self._handshake_events.setdefault(inviter, trio.Event())
+        async with self._lock(inviter):
+            added = await self.store.call(self.store.add_peer, inviter, relay_url, session_to_json(session),
+                                          handshake, alias)
+            if not added:
+                raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
+            self._remember(inviter, session, relay_url, handshake, alias)
+        frame = InviteClaim(msg_id=self.rng.uuid4(), ts=self.clock_ms(), invite_id=claim.invite_id,
+                            from_=claim.from_pk, ciphertext=claim.ciphertext, nonce=claim.nonce, sig=claim.sig)
+        try:
+            answer = await self._request(conn, frame.msg_id, serialize_frame(frame), timeout_s)
+        except ClientError:
+            await self._forget_peer(inviter)
+            raise
+        if isinstance(answer, Error) or answer.status == "error":
+            await self._forget_peer(inviter)
+            code, text = (answer.code, answer.message) if isinstance(answer, Error) else ("ERROR", answer.error)
+            kind = {"NOT_FOUND": "invite_not_found", "ALREADY_CLAIMED": "invite_used",
+                    "EXPIRED": "invite_expired"}.get(code, "relay_refused")
+            raise ClientError(kind, f"relay refused the invite: {code} {text}")
+        self.log.info("invite.accepted", peer=short_pk(inviter), relay=relay_url)
+        self.on_peer(inviter)
+        with trio.move_on_after(wait_ack_s):
+            await event.wait()
+        return inviter, relay_url, event.is_set()
+
+    async def _forget_peer(self, pk: str) -> None:
+        async with self._lock(pk):
+            await self.store.call(self.store.delete_peer, pk)
+            self._sessions.pop(pk, None)
+            self._peers.pop(pk, None)
+
+    def _remember(self, pk: str, session: Session, relay_url: str, handshake: str, alias: str | None) -> None:
+        """Mirror a peer row we just committed, so that lookups never touch the disk."""
+        self._sessions[pk] = session
+        self._peers[pk] = PeerRow(pk, alias, relay_url, self.clock_ms(), b"", handshake)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send_message(self, peer_ref: str, text: str, timeout_s: float = 30.0) -> tuple[str, str, str]:
+        """Seal, save and send ``text``; returns (status, msg_id, peer pk) once the relay answered.
+
+        Status is "delivered" or "queued" (the relay's word), or "pending" when the relay did not
+        answer within ``timeout_s``: the sealed frame stays in the outbox and goes out, in order, as
+        soon as the relay is reachable.
+        """
+        pk = self.resolve_peer(peer_ref)
+        plaintext = text.encode("utf-8")
+        if len(plaintext) > MAX_PLAINTEXT_BYTES:
+            raise ClientError("too_large", f"message is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT_BYTES}")
+        async with self._lock(pk):
+            row = self._peers[pk]
+            ts = self.clock_ms()
+            try:
+                new_session, sealed = encrypt(self._sessions[pk], plaintext, ts, self.rng)
+            except RatchetError as exc:
+                raise ClientError("session_error", f"cannot encrypt for {short_pk(pk)}: {exc}") from exc
+            frame = Msg(
+                msg_id=self.rng.uuid4(), ts=ts, from_=self.pk, to=pk, ciphertext=sealed.ciphertext,
+                nonce=sealed.nonce, sig=sign_routed(self.identity, pk, sealed.seq, sealed.nonce), seq=sealed.seq,
+                ratchet_pk=sealed.ratchet_pk,
+            )
+            waiter = self._send_waiters[frame.msg_id] = _SendWaiter()
+            try:
+                await self.store.call(self.store.record_outgoing, pk, session_to_json(new_session), frame.msg_id,
+                                      row.relay_url, serialize_frame(frame), text, ts)
+            except StoreError as exc:
+                self._send_waiters.pop(frame.msg_id, None)
+                raise ClientError("store_failed", f"message not sent: {exc}") from exc
+            self._sessions[pk] = new_session
+        self.counters.sent += 1
+        self.connection(row.relay_url)
+        self._wake[row.relay_url].set()
+        try:
+            with trio.move_on_after(timeout_s):
+                await waiter.done.wait()
+        finally:
+            self._send_waiters.pop(frame.msg_id, None)
+        if not waiter.done.is_set():
+            return "pending", frame.msg_id, pk
+        if waiter.error is not None:
+            raise ClientError("relay_refused", waiter.error)
+        return waiter.status, frame.msg_id, pk
+
+    async def _outbox_sender(self, conn: RelayConnection) -> None:
+        """Sends this relay's outbox in order, one frame at a time, each until the relay answers it."""
+        url = conn.url
+        while True:
+            wake = self._wake[url]
+            await conn.wait_connected()
+            rows = await self.store.call(self.store.outbox, url)
+            if not rows:
+                await wake.wait()
+                self._wake[url] = trio.Event()
+                continue
+            for row in rows:
+                try:
+                    answer = await self._request(conn, row.msg_id, row.frame, 30.0)
+                except ClientError:
+                    break  # connection dropped or relay silent: wait for the reconnect, then resend in order
+                if isinstance(answer, Ack) and answer.status in ("delivered", "queued"):
+                    await self.store.call(self.store.outbox_done, row.msg_id, answer.status)
+                    self._finish_send(row.msg_id, answer.status, None)
+                    continue
+                code = answer.code if isinstance(answer, Error) else "ACK_ERROR"
+                message = answer.message if isinstance(answer, Error) else (answer.error or "")
+                if code in ("RATE_LIMIT", "ACK_ERROR", "UNAUTH"):
+                    self.log.warn("outbox.retry", relay=url, code=code)
+                    await trio.sleep(RETRY_DELAY_S)
+                    break
+                # The relay will never take this frame (malformed by its rules): drop it, tell the sender.
+                self.log.error("outbox.rejected", relay=url, code=code, msg_id=row.msg_id)
+                await self.store.call(self.store.outbox_done, row.msg_id, "failed")
+                self._finish_send(row.msg_id, "failed", f"relay rejected the message: {code} {message}")
+
+    def _finish_send(self, msg_id: str, status: str, error: str | None) -> None:
+        waiter = self._send_waiters.get(msg_id)
+        if waiter is not None:
+            waiter.status, waiter.error = status, error
+            waiter.done.set()
+
+    async def _on_connected(self, conn: RelayConnection) -> None:
+        self._wake[conn.url].set()
+        await trio.lowlevel.checkpoint()
+
+    async def _request(self, conn: RelayConnection, msg_id: str, text: str, timeout_s: float) -> Ack | Error:
+        try:
+            with trio.fail_after(timeout_s):
+                return await conn.request(msg_id, text)
+        except ConnectionLost as exc:
+            raise ClientError("relay_unreachable", str(exc)) from exc
+        except trio.TooSlowError as exc:
+            raise ClientError("timeout", f"relay {conn.url} did not answer within {timeout_s:g} s") from exc
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def on_delivery(self, conn: RelayConnection, delivery: Delivery) -> None:
+        """Handle one DELIVERY; returns once it is safe for the relay to forget it."""
+        routed = delivery.routed
+        if routed.to != self.pk:
+            self.counters.misaddressed += 1
+            self.log.warn("delivery.misaddressed", relay=conn.url)
+            return
+        if not verify_routed(routed.from_, routed.to, routed.seq, routed.nonce, routed.sig):
+            self.counters.bad_signature += 1
+            self.log.warn("delivery.bad_signature", relay=conn.url, peer=short_pk(routed.from_), type=routed.TYPE)
+            return
+        if isinstance(routed, SessionInit):
+            await self._on_session_init(conn, routed)
+        elif isinstance(routed, SessionAck):
+            await self._on_session_ack(routed)
+        else:
+            await self._on_msg(routed)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        pk = msg.from_
+        if pk not in self._sessions:
+            self.counters.unknown_peer += 1
+            self.log.warn("message.unknown_peer", peer=short_pk(pk))
+            return
+        async with self._lock(pk):
+            if await self.store.call(self.store.has_message, pk, msg.msg_id):
+                self.counters.duplicates += 1
+                return
+            try:
+                new_session, plaintext = decrypt(self._sessions[pk], msg.ciphertext, msg.nonce, msg.seq,
+                                                 msg.ratchet_pk, self.clock_ms())
+            except (DecryptError, RatchetError) as exc:
+                self.counters.undecryptable += 1
+                self.log.warn("message.undecryptable", peer=short_pk(pk), seq=msg.seq, reason=type(exc).__name__)
+                return
+            text = plaintext.decode("utf-8", errors="replace")
+            ts = self.clock_ms()
+            cursor = await self.store.call(self.store.record_incoming, pk, session_to_json(new_session), msg.msg_id,
+                                           text, ts)
+            self._sessions[pk] = new_session
+            if cursor is None:
+                self.counters.duplicates += 1
+                return
+            # no checkpoint between the journal advancing and the announcement: no subscriber can miss it
+            self.journal.advanced_to(cursor)
+            self.on_received(ReceivedMessage(cursor=cursor, from_=pk, text=text, msg_id=msg.msg_id, ts=ts))
+        self.counters.received += 1
+        self._mark_established(pk)
+
+    async def _on_session_init(self, conn: RelayConnection, init: SessionInit) -> None:
+        pk = init.from_
+        if pk in self._sessions:
+            self.counters.duplicates += 1
+            self.log.info("session_init.duplicate", peer=short_pk(pk))
+            return
+        try:
+            fields, session, nonce = handle_session_init(self.identity, pk, init.ciphertext, self.clock_ms(), self.rng,
+                                                         frame_nonce=init.nonce, sig=init.sig)
+        except (HandshakeError, RatchetError) as exc:
+            self.counters.unsolicited_session_init += 1
+            self.log.warn("session_init.rejected", peer=short_pk(pk), reason=str(exc)[:200])
+            return
+        invite = await self.store.call(self.store.invite_by_nonce, nonce)
+        if invite is None or invite.redeemed_by is not None or self.clock_ms() > invite.expires_at + INVITE_GRACE_MS:
+            self.counters.unsolicited_session_init += 1
+            why = "unknown invite" if invite is None else ("reused" if invite.redeemed_by else "expired")
+            self.log.warn("session_init.unsolicited", peer=short_pk(pk), reason=why)
+            return
+        async with self._lock(pk):
+            added = await self.store.call(self.store.add_peer, pk, invite.relay_url, session_to_json(session),
+                                          "established", None, invite.invite_id)
+            if not added:
+                self.counters.unsolicited_session_init += 1
+                return
+            self._remember(pk, session, invite.relay_url, "established", None)
+        ack = SessionAck(msg_id=self.rng.uuid4(), ts=self.clock_ms(), from_=fields.from_pk, to=fields.to,
+                         ciphertext=fields.ciphertext, nonce=fields.nonce, sig=fields.sig, seq=fields.seq)
+        self.log.info("session.established", peer=short_pk(pk), role="inviter", invite_id=invite.invite_id)
+        self.on_peer(pk)
+        try:
+            await conn.send_frame(ack)
+        except ConnectionLost:
+            self.log.warn("session_ack.not_sent", peer=short_pk(pk))
+
+    async def _on_session_ack(self, ack: SessionAck) -> None:
+        pk = ack.from_
+        row = self._peers.get(pk)
+        if row is None:
+            self.counters.unknown_peer += 1
+            self.log.warn("session_ack.unknown_peer", peer=short_pk(pk))
+            return
+        try:
+            pending: dict[str, Any] = json.loads(row.handshake) if row.handshake.startswith("{") else {}
+        except ValueError:
+            pending = {}
+        if pending.get("state") != "claimed":
+            return
+        ok = check_session_ack(b64u_decode(pending["key_a"]), pending["nonce"], ack.ciphertext, ack.nonce)
+        if not ok:
+            self.counters.undecryptable += 1
+            self.log.warn("session_ack.invalid", peer=short_pk(pk))
+            return
+        self._mark_established(pk)
+
+    def _mark_established(self, pk: str) -> None:
+        """The peer proved it holds the session (a valid SESSION_ACK or a message): wake `invite accept`."""
+        row = self._peers.get(pk)
+        if row is not None and row.handshake != "established":
+            self._peers[pk] = attrs.evolve(row, handshake="established")
+            self.log.info("session.established", peer=short_pk(pk), role="invitee")
+            if self._nursery is not None:
+                self._nursery.start_soon(self._save_established, pk)
+        event = self._handshake_events.pop(pk, None)
+        if event is not None:
+            event.set()
+
+    async def _save_established(self, pk: str) -> None:
+        await self.store.call(self.store.set_handshake, pk, "established")

@@ -1,0 +1,357 @@
+"""The client's durable state in one SQLite file: sessions, peers, issued invites, outbox, journal.
+
+Why one database and not a file per session: receiving a message changes two things that must move
+together (the ratchet state, which must not accept the frame twice, and the journal, which must not
+lose it), and sending changes two more (the ratchet state, which must never reuse a message key, and
+the outbox, which must not lose the sealed frame). One SQLite transaction makes each pair atomic;
+`synchronous=FULL` in WAL mode makes it durable once committed. A full disk surfaces as
+`StoreFullError` and the transaction rolls back, so the ratchet state stays consistent.
+
+All methods are synchronous and run in a worker thread through `ClientStore.call`, serialised by a
+CapacityLimiter(1) because one sqlite3 connection must not be used by two threads at once.
+"""
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import attrs
+import trio
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    pk TEXT PRIMARY KEY,
+    alias TEXT,
+    relay_url TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    handshake TEXT NOT NULL DEFAULT 'established'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS peers_alias ON peers(alias) WHERE alias IS NOT NULL;
+CREATE TABLE IF NOT EXISTS invites (
+    invite_id TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL UNIQUE,
+    relay_url TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    redeemed_by TEXT,
+    options TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    relay_url TEXT NOT NULL,
+    peer_pk TEXT NOT NULL,
+    frame TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL,
+    peer_pk TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    text TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT '',
+    UNIQUE (peer_pk, direction, msg_id)
+);
+"""
+
+
+class StoreError(Exception):
+    """The client database failed; the message names the file and what to do."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or the database's size limit) is full: nothing was written."""
+
+
+@attrs.frozen
+class PeerRow:
+    pk: str
+    alias: str | None
+    relay_url: str
+    created_at: int
+    state: bytes
+    handshake: str
+
+
+@attrs.frozen
+class InviteRow:
+    invite_id: str
+    nonce: str
+    relay_url: str
+    expires_at: int
+    created_at: int
+    redeemed_by: str | None
+    options: str
+
+
+@attrs.frozen
+class OutboxRow:
+    id: int
+    msg_id: str
+    relay_url: str
+    peer_pk: str
+    frame: str
+
+
+@attrs.frozen
+class JournalRow:
+    cursor: int
+    msg_id: str
+    peer_pk: str
+    direction: str
+    text: str
+    ts: int
+    status: str
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ClientStore:
+    """Owns the client database; every table is read and written only through this class."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._limiter = trio.CapacityLimiter(1)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open client database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one store method in a worker thread; a cancel waits for the statement to finish."""
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def _tx(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(self._db)
+            except BaseException:
+                if self._db.in_transaction:  # SQLite already rolled back on SQLITE_FULL
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            text = str(exc)
+            if "full" in text:
+                raise StoreFullError(f"disk full while writing {self.path}: nothing was saved ({text})") from exc
+            raise StoreError(f"client database {self.path} failed: {text}") from exc
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"client database {self.path} failed: {exc}") from exc
+
+    # -- meta -----------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._tx(lambda db: db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def peers(self) -> list[PeerRow]:
+        rows = self._query("SELECT pk, alias, relay_url, created_at, state, handshake FROM peers ORDER BY created_at")
+        return [PeerRow(*r) for r in rows]
+
+    def peer(self, pk: str) -> PeerRow | None:
+        rows = self._query("SELECT pk, alias, relay_url, created_at, state, handshake FROM peers WHERE pk = ?", (pk,))
+        return PeerRow(*rows[0]) if rows else None
+
+    def add_peer(self, pk: str, relay_url: str, state: bytes, handshake: str, alias: str | None = None,
+                 invite_id: str | None = None) -> bool:
+        """Insert a new peer; False when the peer already exists (a duplicate SESSION_INIT is ignored).
+
+        With ``invite_id`` the invite is marked redeemed in the same transaction, so an invite can
+        create at most one session even if two SESSION_INITs race.
+        """
+
+        def body(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM peers WHERE pk = ?", (pk,)).fetchone():
+                return False
+            if invite_id is not None:
+                cur = db.execute(
+                    "UPDATE invites SET redeemed_by = ? WHERE invite_id = ? AND redeemed_by IS NULL", (pk, invite_id)
+                )
+                if cur.rowcount != 1:
+                    return False
+            db.execute(
+                "INSERT INTO peers (pk, alias, relay_url, created_at, state, handshake) VALUES (?, ?, ?, ?, ?, ?)",
+                (pk, alias, relay_url, _now_ms(), state, handshake),
+            )
+            return True
+
+        return self._tx(body)
+
+    def set_peer_state(self, pk: str, state: bytes, handshake: str | None = None) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            if handshake is None:
+                db.execute("UPDATE peers SET state = ? WHERE pk = ?", (state, pk))
+            else:
+                db.execute("UPDATE peers SET state = ?, handshake = ? WHERE pk = ?", (state, handshake, pk))
+
+        self._tx(body)
+
+    def delete_peer(self, pk: str) -> None:
+        """Forget a peer whose handshake failed before any message (e.g. the relay refused the claim)."""
+        self._tx(lambda db: db.execute("DELETE FROM peers WHERE pk = ?", (pk,)))
+
+    def set_handshake(self, pk: str, handshake: str) -> None:
+        self._tx(lambda db: db.execute("UPDATE peers SET handshake = ? WHERE pk = ?", (handshake, pk)))
+
+    def set_alias(self, pk: str, alias: str | None) -> None:
+        self._tx(lambda db: db.execute("UPDATE peers SET alias = ? WHERE pk = ?", (alias, pk)))
+
+    # -- invites --------------------------------------------------------------------------------
+
+    def add_invite(self, invite_id: str, nonce: str, relay_url: str, expires_at: int, options: str = "{}") -> None:
+        self._tx(
+            lambda db: db.execute(
+                "INSERT INTO invites (invite_id, nonce, relay_url, expires_at, created_at, options)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (invite_id, nonce, relay_url, expires_at, _now_ms(), options),
+            )
+        )
+
+    def invite_by_nonce(self, nonce: str) -> InviteRow | None:
+        rows = self._query(
+            "SELECT invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options FROM invites"
+            " WHERE nonce = ?",
+            (nonce,),
+        )
+        return InviteRow(*rows[0]) if rows else None
+
+    def invites(self) -> list[InviteRow]:
+        rows = self._query(
+            "SELECT invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options FROM invites"
+            " ORDER BY created_at"
+        )
+        return [InviteRow(*r) for r in rows]
+
+    # -- sending: ratchet state and sealed frame in one transaction ------------------------------
+
+    def record_outgoing(self, peer_pk: str, state: bytes, msg_id: str, relay_url: str, frame: str,
+                        text: str | None, ts: int) -> None:
+        """Save the advanced ratchet state, the sealed frame (outbox) and the journal line together.
+
+        Runs before the frame leaves: after a crash the frame is re-sent from the outbox and the
+        ratchet never re-derives the same message key for another plaintext.
+        """
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE peers SET state = ? WHERE pk = ?", (state, peer_pk))
+            db.execute(
+                "INSERT INTO outbox (msg_id, relay_url, peer_pk, frame, created_at) VALUES (?, ?, ?, ?, ?)",
+                (msg_id, relay_url, peer_pk, frame, ts),
+            )
+            if text is not None:
+                db.execute(
+                    "INSERT INTO journal (msg_id, peer_pk, direction, text, ts, status) VALUES (?, ?, 'out', ?, ?, ?)",
+                    (msg_id, peer_pk, text, ts, "pending"),
+                )
+
+        self._tx(body)
+
+    def outbox(self, relay_url: str) -> list[OutboxRow]:
+        rows = self._query(
+            "SELECT id, msg_id, relay_url, peer_pk, frame FROM outbox WHERE relay_url = ? ORDER BY id", (relay_url,)
+        )
+        return [OutboxRow(*r) for r in rows]
+
+    def outbox_done(self, msg_id: str, status: str) -> None:
+        """The relay ACKed the frame (delivered or queued): it leaves the outbox."""
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
+            db.execute("UPDATE journal SET status = ? WHERE msg_id = ? AND direction = 'out'", (status, msg_id))
+
+        self._tx(body)
+
+    # -- receiving: journal line and ratchet state in one transaction ----------------------------
+
+    def has_message(self, peer_pk: str, msg_id: str) -> bool:
+        """Whether this peer's message was already journaled (a relay redelivery after a crash)."""
+        sql = "SELECT 1 FROM journal WHERE peer_pk = ? AND direction = 'in' AND msg_id = ?"
+        return bool(self._query(sql, (peer_pk, msg_id)))
+
+    def record_incoming(self, peer_pk: str, state: bytes, msg_id: str, text: str, ts: int) -> int | None:
+        """Journal a decrypted message and save the ratchet state that consumed it; returns its cursor.
+
+        None when the message was already journaled (a redelivery after a crash): nothing changes.
+        """
+
+        def body(db: sqlite3.Connection) -> int | None:
+            seen = "SELECT 1 FROM journal WHERE peer_pk = ? AND direction = 'in' AND msg_id = ?"
+            if db.execute(seen, (peer_pk, msg_id)).fetchone():
+                return None
+            db.execute("UPDATE peers SET state = ? WHERE pk = ?", (state, peer_pk))
+            cur = db.execute(
+                "INSERT INTO journal (msg_id, peer_pk, direction, text, ts) VALUES (?, ?, 'in', ?, ?)",
+                (msg_id, peer_pk, text, ts),
+            )
+            return cur.lastrowid
+
+        return self._tx(body)
+
+    def append_journal(self, peer_pk: str, msg_id: str, text: str, ts: int) -> int:
+        """Journal an incoming line that changes no ratchet state; returns its cursor."""
+
+        def body(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO journal (msg_id, peer_pk, direction, text, ts) VALUES (?, ?, 'in', ?, ?)",
+                (msg_id, peer_pk, text, ts),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        return self._tx(body)
+
+    def journal_since(self, cursor: int, limit: int = 1000, direction: str = "in") -> list[JournalRow]:
+        rows = self._query(
+            "SELECT cursor, msg_id, peer_pk, direction, text, ts, status FROM journal"
+            " WHERE cursor > ? AND direction = ? ORDER BY cursor LIMIT ?",
+            (cursor, direction, limit),
+        )
+        return [JournalRow(*r) for r in rows]
+
+    def journal_tail(self) -> int:
+        rows = self._query("SELECT COALESCE(MAX(cursor), 0) FROM journal")
+        return int(rows[0][0])
+
+    def count_messages(self, peer_pk: str | None = None) -> dict[str, int]:
+        sql = "SELECT direction, COUNT(*) FROM journal"
+        params: tuple[Any, ...] = ()
+        if peer_pk is not None:
+            sql += " WHERE peer_pk = ?"
+            params = (peer_pk,)
+        counts = {"in": 0, "out": 0}
+        for direction, n in self._query(sql + " GROUP BY direction", params):
+            counts[direction] = n
+        return counts

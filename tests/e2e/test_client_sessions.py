@@ -1,0 +1,213 @@
+"""Two session managers talking through a real relay on a loopback port, with real SQLite stores.
+
+This is the path of a message end to end inside one process: invite, claim, SESSION_INIT/ACK, DH turns
+both ways, and the durability rules (outbox on a dead relay, journal deduplication on redelivery).
+"""
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from agentroomd.relay.server import serve_relay
+
+from agentroomd.client.connection import Backoff
+from agentroomd.client.manager import ClientError, SessionManager
+from agentroomd.client.store import ClientStore
+from agentroomd.control.api import ReceivedMessage
+from agentroomd.log import Logger
+from agentroomd.relay.config import RelayConfig
+from ratchet.keys import KeyPair
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(base_s=0.02, cap_s=0.2)
+
+
+@attrs.define
+class Agent:
+    manager: SessionManager
+    store: ClientStore
+    inbox: trio.MemoryReceiveChannel[ReceivedMessage]
+    scope: trio.CancelScope
+
+    @property
+    def pk(self) -> str:
+        return self.manager.pk
+
+    async def next_message(self) -> ReceivedMessage:
+        with trio.fail_after(10):
+            return await self.inbox.receive()
+
+
+async def start_agent(nursery: trio.Nursery, home: Path, name: str, identity: KeyPair | None = None) -> Agent:
+    home.mkdir(parents=True, exist_ok=True)
+    store = ClientStore(home / "client.db")
+    manager = SessionManager(identity or KeyPair.generate(), store, Logger(name, level="error"),
+                             backoff_factory=fast_backoff)
+    send, receive = trio.open_memory_channel[ReceivedMessage](10_000)
+    manager.on_received = send.send_nowait
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            try:
+                await manager.run(task_status=task_status)
+            finally:
+                store.close()
+
+    await nursery.start(run)
+    return Agent(manager, store, receive, scope)
+
+
+@attrs.define
+class RelayProc:
+    url: str
+    port: int
+    db: Path
+    scope: trio.CancelScope
+
+
+async def start_relay(nursery: trio.Nursery, db: Path, port: int = 0) -> RelayProc:
+    config = RelayConfig(port=port, db=str(db), rate_limit_disabled=True, log_level="error")
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await serve_relay(config, task_status=task_status)
+
+    handle = await nursery.start(run)
+    return RelayProc(handle.url, handle.port, db, scope)
+
+
+@pytest.fixture
+async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[RelayProc, Agent, Agent]]:
+    relay = await start_relay(nursery, tmp_path / "relay.db")
+    alice = await start_agent(nursery, tmp_path / "alice", "alice")
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    yield relay, alice, bob
+
+
+async def pair(alice: Agent, bob: Agent, relay_url: str) -> None:
+    invite = await alice.manager.create_invite(relay_url, ttl_ms=3_600_000)
+    peer, relay, answered = await bob.manager.accept_invite(invite.url)
+    assert peer == alice.pk and relay == relay_url
+    assert answered, "the inviter is online, so its SESSION_ACK must arrive"
+
+
+async def test_invite_then_conversation_both_ways_with_dh_turns(world: tuple[RelayProc, Agent, Agent]) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    script = [(bob, alice, "hello alice"), (alice, bob, "hi bob"), (alice, bob, "second in a row"),
+              (bob, alice, "turn again"), (alice, bob, "ünïcødé ✓ and emoji 🎉"), (bob, alice, "")]
+    for sender, receiver, text in script:
+        status, msg_id, peer = await sender.manager.send_message(receiver.pk, text)
+        assert status == "delivered" and peer == receiver.pk
+        got = await receiver.next_message()
+        assert (got.text, got.from_, got.msg_id) == (text, sender.pk, msg_id)
+    assert [p.pk for p in alice.manager.peers()] == [bob.pk]
+    assert [p.pk for p in bob.manager.peers()] == [alice.pk]
+
+
+async def test_relay_sees_only_ciphertext(world: tuple[RelayProc, Agent, Agent], nursery: trio.Nursery) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    relay.scope.cancel()  # stop the relay so the message waits in its database, then read every byte it kept
+    canary = "canary-plaintext-7f3a9c"
+    status, _, _ = await bob.manager.send_message(alice.pk, canary, timeout_s=0.5)
+    assert status == "pending"
+    await start_relay_again(nursery, relay)
+    got = await alice.next_message()
+    assert got.text == canary
+    for path in relay.db.parent.glob("relay.db*"):
+        assert canary.encode() not in path.read_bytes()
+
+
+async def start_relay_again(nursery: trio.Nursery, relay: RelayProc) -> RelayProc:
+    """The same relay again: same database file, same port (clients reconnect by themselves)."""
+    return await start_relay(nursery, relay.db, port=relay.port)
+
+
+async def test_outbox_survives_a_dead_relay_and_flushes_in_order(
+    world: tuple[RelayProc, Agent, Agent], nursery: trio.Nursery
+) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    relay.scope.cancel()
+    for i in range(5):
+        status, _, _ = await bob.manager.send_message(alice.pk, f"offline {i}", timeout_s=0.05)
+        assert status == "pending"
+    await start_relay_again(nursery, relay)
+    texts = [(await alice.next_message()).text for _ in range(5)]
+    assert texts == [f"offline {i}" for i in range(5)]
+
+
+async def test_unknown_peer_and_oversized_message_are_clear_errors(world: tuple[RelayProc, Agent, Agent]) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    with pytest.raises(ClientError, match="no peer"):
+        await alice.manager.send_message("nobody", "x")
+    with pytest.raises(ClientError, match="limit is 147440"):
+        await alice.manager.send_message(bob.pk, "x" * 147_441)
+    status, _, _ = await alice.manager.send_message(bob.pk[:6], "prefix works")
+    assert status == "delivered"
+    assert (await bob.next_message()).text == "prefix works"
+
+
+async def test_reused_invite_is_refused_and_leaves_no_peer(tmp_path: Path, world: tuple[RelayProc, Agent, Agent],
+                                                          nursery: trio.Nursery) -> None:
+    relay, alice, bob = world
+    invite = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000)
+    await bob.manager.accept_invite(invite.url)
+    carol = await start_agent(nursery, tmp_path / "carol", "carol")
+    with pytest.raises(ClientError) as info:
+        await carol.manager.accept_invite(invite.url)
+    assert info.value.kind == "invite_used"
+    assert carol.manager.peers() == []
+
+
+async def test_full_disk_on_send_fails_clearly_and_session_stays_consistent(
+    world: tuple[RelayProc, Agent, Agent],
+) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    # Fill the database to its page limit: SQLite then fails every write with SQLITE_FULL, as on a full disk.
+    db = sqlite3.connect(alice.store.path)
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    alice.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(ClientError, match="disk full"):
+        await alice.manager.send_message(bob.pk, "y" * 100_000)
+    alice.store._db.execute("PRAGMA max_page_count = 1073741823")
+    status, _, _ = await alice.manager.send_message(bob.pk, "after the disk was freed")
+    assert status == "delivered"
+    assert (await bob.next_message()).text == "after the disk was freed"
+
+
+async def test_unsolicited_session_init_is_dropped(world: tuple[RelayProc, Agent, Agent], tmp_path: Path,
+                                                  nursery: trio.Nursery) -> None:
+    """A stranger who builds a SESSION_INIT from alice's public keys, without an invite she issued, gets nothing.
+
+    The reference accepts any SESSION_INIT; we accept one only for an invite we issued and that is unused.
+    """
+    from ratchet.frames import SessionInit
+    from ratchet.handshake import accept_invite
+    from ratchet.invite import create_invite
+
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    mallory = await start_agent(nursery, tmp_path / "mallory", "mallory")
+    # mallory knows alice's public keys (anyone holding an old invite does) and invents a nonce
+    fake = create_invite(alice.manager.identity, relay.url, alice.manager.clock_ms(), alice.manager.rng)
+    claim, _ = accept_invite(mallory.manager.identity, fake, mallory.manager.clock_ms())
+    conn = await mallory.manager.wait_connected(relay.url, 5)
+    init = SessionInit(msg_id=mallory.manager.rng.uuid4(), ts=mallory.manager.clock_ms(), from_=claim.from_pk,
+                       to=alice.pk, ciphertext=claim.ciphertext, nonce=claim.nonce, sig=claim.sig, seq=0)
+    await conn.send_frame(init)
+    # alice handles deliveries in order on one connection: once bob's later message arrives, mallory's was seen
+    await bob.manager.send_message(alice.pk, "after mallory")
+    assert (await alice.next_message()).text == "after mallory"
+    assert alice.manager.counters.unsolicited_session_init == 1
+    assert mallory.pk not in [p.pk for p in alice.manager.peers()]
