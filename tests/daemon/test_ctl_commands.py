@@ -66,15 +66,23 @@ def test_concurrent_autostarts_end_with_one_daemon(home: Path) -> None:
     assert len({json_out(r)["pid"] for r in results}) == 1
 
 
-def test_commands_not_built_yet_answer_not_implemented_with_exit_8(home: Path) -> None:
-    created = ctl(home, "--json", "invite", "create", "--ttl", "2h", "--relay", "ws://127.0.0.1:9/ws")
-    assert created.returncode == 8
-    error = json_out(created)["error"]
-    assert error["type"] == "agentroom.NotImplemented" and "invite.create" in error["message"]
+def test_room_commands_not_built_yet_answer_not_implemented_with_exit_8(home: Path) -> None:
+    listed = ctl(home, "--json", "room", "list")
+    assert listed.returncode == 8
+    error = json_out(listed)["error"]
+    assert error["type"] == "agentroom.NotImplemented" and "room.list" in error["message"]
+    assert ctl(home, "room", "stop", "--all").returncode == 8
+
+
+def test_session_commands_fail_with_the_exit_code_scripts_rely_on(home: Path) -> None:
+    dead_relay = ctl(home, "--json", "invite", "create", "--ttl", "2h", "--relay", "ws://127.0.0.1:9/ws")
+    assert dead_relay.returncode == 6
+    assert json_out(dead_relay)["error"]["type"] == "agentroom.RelayUnreachable"
     sent = ctl(home, "send", "somepeer", "-", stdin="hello\n")
-    assert sent.returncode == 8 and "message.send is not implemented yet" in sent.stderr
-    for argv in (["peers"], ["invite", "accept", "agentroom://invite/x"], ["room", "list"], ["room", "stop", "--all"]):
-        assert ctl(home, *argv).returncode == 8, argv
+    assert sent.returncode == 4 and "no peer 'somepeer'" in sent.stderr
+    assert ctl(home, "invite", "accept", "agentroom://invite/x").returncode == 7
+    peers = ctl(home, "--json", "peers")
+    assert peers.returncode == 0 and json_out(peers) == {"peers": []}
 
 
 @pytest.mark.parametrize(
