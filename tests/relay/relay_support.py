@@ -102,7 +102,7 @@ class HttpResponse:
 
 
 async def http_request(
-    relay: RelayHandle,
+    relay: RelayHandle | int,
     path: str,
     *,
     method: str = "GET",
@@ -110,7 +110,8 @@ async def http_request(
     upgrade: bool = False,
 ) -> HttpResponse:
     """One HTTP/1.1 request over a fresh TCP connection (Connection: close, or a WebSocket upgrade request)."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{relay.port}"]
+    port = relay if isinstance(relay, int) else relay.port
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     if upgrade:
         lines += [
             "Connection: Upgrade",
@@ -122,7 +123,7 @@ async def http_request(
         lines.append("Connection: close")
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     with trio.fail_after(WAIT_S):
-        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
             raw = b""
