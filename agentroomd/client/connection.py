@@ -204,26 +204,35 @@ class RelayConnection:
     async def _one_connection(self) -> None:
         self.state = "connecting"
         challenge = await trio.to_thread.run_sync(fetch_challenge_sync, self.url, CONNECT_TIMEOUT_S)
-        async with open_websocket_url(
-            self.url,
-            max_message_size=MAX_FRAME_BYTES,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            disconnect_timeout=2,
-        ) as ws:
-            self._ws = ws
-            await self._hello(ws, challenge)
-            self._backoff.reset()
-            self.connects += 1
-            self.state = "connected"
-            self.last_error = None
-            self._connected.set()
-            self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pinger)
-                if self._on_connected is not None:
-                    nursery.start_soon(self._on_connected, self)
-                await self._reader(ws)
-                nursery.cancel_scope.cancel()
+        opened: WebSocketConnection | None = None
+        try:
+            async with open_websocket_url(
+                self.url,
+                max_message_size=MAX_FRAME_BYTES,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                disconnect_timeout=2,
+            ) as ws:
+                opened = ws
+                await self._serve(ws, challenge)
+        finally:
+            if opened is not None:
+                await _close_transport(opened)
+
+    async def _serve(self, ws: WebSocketConnection, challenge: str) -> None:
+        self._ws = ws
+        await self._hello(ws, challenge)
+        self._backoff.reset()
+        self.connects += 1
+        self.state = "connected"
+        self.last_error = None
+        self._connected.set()
+        self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pinger)
+            if self._on_connected is not None:
+                nursery.start_soon(self._on_connected, self)
+            await self._reader(ws)
+            nursery.cancel_scope.cancel()
 
     async def _hello(self, ws: WebSocketConnection, challenge: str) -> None:
         kp = self._identity
@@ -305,6 +314,20 @@ class RelayConnection:
         for waiter in self._waiters.values():
             waiter.lost = True
             waiter.done.set()
+
+
+async def _close_transport(ws: WebSocketConnection) -> None:
+    """Close the TCP stream under ``ws``.
+
+    trio-websocket 0.12 leaves a client's socket open when the *server* starts the close handshake
+    (it waits for the server's TCP close, then never closes its own end, and ``aclose()`` returns early
+    once a close reason is set), which leaks one file descriptor per relay restart. Closing the stream
+    ourselves is idempotent and harmless when the library already did it.
+    """
+    stream = getattr(ws, "_stream", None)
+    if isinstance(stream, trio.abc.AsyncResource):
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 def _parse_or_none(raw: str | bytes) -> Frame | None:
