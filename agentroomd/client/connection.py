@@ -62,6 +62,10 @@ class ConnectionLost(RelayError):
     """The connection dropped while a request was waiting for its answer."""
 
 
+class DeliveryNotStored(RelayError):
+    """The handler could not store a delivery: drop the connection unacknowledged, redeliver later."""
+
+
 class DeliveryHandler(Protocol):
     async def on_delivery(self, conn: "RelayConnection", delivery: Delivery) -> None: ...
 
@@ -148,6 +152,7 @@ class RelayConnection:
         self._ws: WebSocketConnection | None = None
         self._waiters: dict[str, _Waiter] = {}
         self._connected = trio.Event()
+        self._lost = trio.Event()
         self._send_lock = trio.Lock()
         self.relay_keeps_until_acked = False
         self.state = "connecting"
@@ -162,6 +167,10 @@ class RelayConnection:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Returns once the current connection (or the next one, if none is up) has dropped."""
+        await self._lost.wait()
 
     async def request(self, msg_id: str, text: str) -> Ack | Error:
         """Send one serialised client frame and wait for the relay's ACK or ERROR naming it.
@@ -225,6 +234,7 @@ class RelayConnection:
         self.connects += 1
         self.state = "connected"
         self.last_error = None
+        self._lost = trio.Event()
         self._connected.set()
         self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked)
         async with trio.open_nursery() as nursery:
@@ -311,6 +321,7 @@ class RelayConnection:
         if self._connected.is_set():
             self._connected = trio.Event()
         self.state = "disconnected"
+        self._lost.set()
         for waiter in self._waiters.values():
             waiter.lost = True
             waiter.done.set()

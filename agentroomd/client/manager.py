@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from agentroomd.client.connection import Backoff, ConnectionLost, RelayConnection
+from agentroomd.client.connection import Backoff, ConnectionLost, DeliveryNotStored, RelayConnection
 from agentroomd.client.journal import StoreJournal
 from agentroomd.client.store import ClientStore, PeerRow, StoreError
 from agentroomd.control.api import ReceivedMessage
@@ -188,9 +188,14 @@ class SessionManager:
 
     # -- invites --------------------------------------------------------------------------------
 
-    async def create_invite(self, relay_url: str, ttl_ms: int, timeout_s: float = 15.0) -> SignedInvite:
-        """Create an invite for ``relay_url``, remember its nonce, and publish it on that relay."""
-        invite = create_invite(self.identity, relay_url, self.clock_ms(), self.rng, ttl_ms=ttl_ms)
+    async def create_invite(self, relay_url: str, ttl_ms: int, timeout_s: float = 15.0,
+                            advertised_url: str | None = None) -> SignedInvite:
+        """Create an invite, remember its nonce, and publish it on the relay at ``relay_url``.
+
+        ``advertised_url`` is the relay URL written into the invite for the guest when it differs from
+        the one we connect to (a hosted room: we connect on loopback, the guest through the tunnel).
+        """
+        invite = create_invite(self.identity, advertised_url or relay_url, self.clock_ms(), self.rng, ttl_ms=ttl_ms)
         blob = invite.blob
         await self.store.call(self.store.add_invite, blob.invite_id, blob.nonce, relay_url, blob.expires_at)
         conn = await self.wait_connected(relay_url, timeout_s)
@@ -361,7 +366,18 @@ class SessionManager:
     # -- receiving ------------------------------------------------------------------------------
 
     async def on_delivery(self, conn: RelayConnection, delivery: Delivery) -> None:
-        """Handle one DELIVERY; returns once it is safe for the relay to forget it."""
+        """Handle one DELIVERY; returns once it is safe for the relay to forget it.
+
+        A store failure (full disk, I/O error) raises DeliveryNotStored: the connection drops without
+        acknowledging, and the relay hands the frame over again after the reconnect.
+        """
+        try:
+            await self._on_delivery(conn, delivery)
+        except StoreError as exc:
+            self.log.error("delivery.not_stored", relay=conn.url, error=str(exc))
+            raise DeliveryNotStored(f"could not store a delivery: {exc}") from exc
+
+    async def _on_delivery(self, conn: RelayConnection, delivery: Delivery) -> None:
         routed = delivery.routed
         if routed.to != self.pk:
             self.counters.misaddressed += 1

@@ -211,3 +211,51 @@ async def test_unsolicited_session_init_is_dropped(world: tuple[RelayProc, Agent
     assert (await alice.next_message()).text == "after mallory"
     assert alice.manager.counters.unsolicited_session_init == 1
     assert mallory.pk not in [p.pk for p in alice.manager.peers()]
+
+
+async def test_full_disk_on_receive_loses_nothing(world: tuple[RelayProc, Agent, Agent]) -> None:
+    """A receiver that cannot store a message does not acknowledge it; it arrives once the disk has room."""
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    db = sqlite3.connect(alice.store.path)
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    alice.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    status, _, _ = await bob.manager.send_message(alice.pk, "z" * 120_000)
+    assert status in ("delivered", "queued")
+    conn = alice.manager.connection(relay.url)
+    with trio.fail_after(10):
+        await conn.wait_disconnected()
+    assert conn.last_error is not None and "could not store" in conn.last_error
+    alice.store._db.execute("PRAGMA max_page_count = 1073741823")
+    got = await alice.next_message()
+    assert got.text == "z" * 120_000
+    await bob.manager.send_message(alice.pk, "and the next one")
+    assert (await alice.next_message()).text == "and the next one"
+
+
+async def test_undecryptable_frames_are_counted_and_the_session_survives(
+    world: tuple[RelayProc, Agent, Agent],
+) -> None:
+    """A peer (or anyone holding its key) sending garbage under a valid signature cannot break the session."""
+    from ratchet.encoding import b64u_encode
+    from ratchet.frames import Msg
+    from ratchet.signatures import sign_routed
+
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    await bob.manager.send_message(alice.pk, "first")
+    assert (await alice.next_message()).text == "first"
+    conn = await bob.manager.wait_connected(relay.url, 5)
+    nonce = b64u_encode(b"\x01" * 24)
+    for seq in (1, 5, 2**31):
+        garbage = Msg(msg_id=bob.manager.rng.uuid4(), ts=bob.manager.clock_ms(), from_=bob.pk, to=alice.pk,
+                      ciphertext=b64u_encode(b"\x00" * 64), nonce=nonce,
+                      sig=sign_routed(bob.manager.identity, alice.pk, seq, nonce), seq=seq,
+                      ratchet_pk=b64u_encode(bob.manager.identity.x25519_pk))
+        await conn.send_frame(garbage)
+    await bob.manager.send_message(alice.pk, "still here")
+    assert (await alice.next_message()).text == "still here"
+    assert alice.manager.counters.undecryptable == 3
+    await alice.manager.send_message(bob.pk, "and back")
+    assert (await bob.next_message()).text == "and back"
