@@ -13,20 +13,42 @@ same text, so this module follows ECMAScript to the letter rather than Python's 
   as ``null``;
 * only ``"``, ``\\`` and U+0000..U+001F are escaped; non-ASCII is written raw; lone surrogates are
   written as lowercase ``\\udXXX`` (ES2019 well-formed stringify).
+
+Speed: every signed byte string and every frame the relay forwards (ciphertexts up to 192 KiB) is
+written here, so the writer takes C fast paths where they provably give the same bytes, and the
+plain rules above (the ``_reference_*`` functions, kept as the specification) everywhere else:
+
+* a string with no surrogate code point is exactly what ``json.encoder.encode_basestring`` (the C
+  encoder behind ``json.dumps(s, ensure_ascii=False)``) writes: both escape only ``"``, ``\\`` and
+  U+0000..U+001F, with the same short forms (``\\b \\t \\n \\f \\r``) and lowercase ``\\u00xx``
+  for the rest, and both write U+007F, U+2028 and U+2029 raw (JSON.stringify never escaped
+  those; canonical_json.json's "unicode_line_separators" case pins it). Only surrogates differ:
+  Python writes them raw, JS joins pairs and escapes lone ones, so such strings take the reference
+  path. A long ASCII string without any character to escape (a ciphertext) is found by one
+  ``memchr`` per such character and copied as is;
+* an ``int`` of magnitude up to 2**53 is an exact double, and ``Number::toString`` prints it as its
+  decimal digits, i.e. ``str(n)``; beyond that, and for floats, the reference number path;
+* a plain ``dict`` none of whose keys starts with a digit has no array-index key to hoist.
+
+tests/ratchet/test_fast_paths.py checks by hypothesis that `js_stringify`, `js_string` and
+`js_utf8_encode` equal their reference paths on every input.
 """
 
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
+from typing import cast
 
 from ratchet.errors import EncodingError
 
-__all__ = ["MAX_NESTING", "js_stringify", "js_utf8_encode", "parse_json", "parse_json_object"]
+__all__ = ["MAX_NESTING", "js_string", "js_stringify", "js_utf8_encode", "parse_json", "parse_json_object"]
 
 _MAX_ARRAY_INDEX = 2**32 - 2
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
+_DIGITS = frozenset("0123456789")
+_MAX_EXACT_INT = 2**53  # every int up to this magnitude is an exact double, printed as its digits
 
 # A surrogate pair is one astral character in JS (written raw); anything else in the class is escaped.
 _STRING_ESCAPE = re.compile(r'([\ud800-\udbff][\udc00-\udfff])|([\x00-\x1f"\\\ud800-\udfff])')
@@ -57,8 +79,36 @@ def _escape_match(match: "re.Match[str]") -> str:
     return f"\\u{ord(char):04x}"
 
 
-def _quote(text: str) -> str:
+def _reference_quote(text: str) -> str:
     return '"' + _STRING_ESCAPE.sub(_escape_match, text) + '"'
+
+
+_encode_basestring: Callable[[str], str] = json.encoder.encode_basestring  # C (_json) when available
+_HAS_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_ASCII = ('"', "\\", *map(chr, range(0x20)))
+_LONG_STRING = 1024  # from here on, 34 memchr scans beat the C escaper's per-character loop
+
+
+def _write_string(text: str, out: list[str]) -> None:
+    """Append ``JSON.stringify(text)`` for an exact ``str``; see the module docstring for why it is exact."""
+    if text.isascii():  # O(1): CPython keeps the flag
+        if len(text) >= _LONG_STRING and not any(char in text for char in _ESCAPED_ASCII):
+            out += ('"', text, '"')
+        else:
+            out.append(_encode_basestring(text))
+    elif _HAS_SURROGATE.search(text) is None:
+        out.append(_encode_basestring(text))
+    else:
+        out.append(_reference_quote(text))
+
+
+def js_string(text: str) -> str:
+    """``JSON.stringify(text)`` for one string: quoted, escaped as JS escapes it."""
+    if type(text) is not str:  # a subclass may override what the fast path relies on
+        return _reference_quote(text)
+    out: list[str] = []
+    _write_string(text, out)
+    return out[0] if len(out) == 1 else "".join(out)
 
 
 def js_utf8_encode(text: str) -> bytes:
@@ -66,7 +116,17 @@ def js_utf8_encode(text: str) -> bytes:
 
     Surrogate pairs held as two code points become one 4-byte character and lone surrogates become
     U+FFFD, so any Python ``str`` (for example one decoded from JSON ``\\ud800`` escapes) encodes.
+    Text without surrogates (all of `js_stringify`'s output) is plain strict UTF-8.
     """
+    if type(text) is not str:
+        return _reference_utf8_encode(text)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate code point: strict UTF-8 refuses exactly these
+        return _reference_utf8_encode(text)
+
+
+def _reference_utf8_encode(text: str) -> bytes:
     return _SURROGATES.sub(lambda m: _join_pair(m.group(1)) if m.group(1) else "\ufffd", text).encode("utf-8")
 
 
@@ -124,7 +184,14 @@ def _ordered_items(obj: Mapping[object, object]) -> list[tuple[str, object]]:
     return indexed + [kv for kv in items if not _is_array_index(kv[0])]
 
 
-def _write(value: object, out: list[str], indent: str, level: int) -> None:
+_Writer = Callable[[object, list[str], str, int], None]
+
+
+def _reference_write(
+    value: object, out: list[str], indent: str, level: int, write_child: _Writer | None = None
+) -> None:
+    """The JSON.stringify rules, written plainly; members go to ``write_child`` when one is given."""
+    child = write_child or _reference_write
     if value is None:
         out.append("null")
     elif value is True:
@@ -132,7 +199,7 @@ def _write(value: object, out: list[str], indent: str, level: int) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, str):
-        out.append(_quote(value))
+        out.append(_reference_quote(value))
     elif isinstance(value, int | float):
         out.append(_number(value))
     elif isinstance(value, Mapping):
@@ -146,9 +213,9 @@ def _write(value: object, out: list[str], indent: str, level: int) -> None:
             if position:
                 out.append(",")
             out.append(inner)
-            out.append(_quote(key))
+            out.append(_reference_quote(key))
             out.append(": " if indent else ":")
-            _write(item, out, indent, level + 1)
+            child(item, out, indent, level + 1)
         if indent:
             out.append("\n" + indent * level)
         out.append("}")
@@ -162,12 +229,65 @@ def _write(value: object, out: list[str], indent: str, level: int) -> None:
             if position:
                 out.append(",")
             out.append(inner)
-            _write(item, out, indent, level + 1)
+            child(item, out, indent, level + 1)
         if indent:
             out.append("\n" + indent * level)
         out.append("]")
     else:
         raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _write(value: object, out: list[str], indent: str, level: int) -> None:
+    """`_reference_write` with fast paths for the exact types protocol values are made of.
+
+    One Python frame per nesting level, like the reference, so that anything `parse_json` accepts
+    (up to MAX_NESTING levels) is written without reaching the recursion limit. Short ASCII strings
+    (keys, ids, keys and signatures in base64url) go straight to the C escaper.
+    """
+    if type(value) is str:
+        _write_string(value, out)
+    elif type(value) is int and -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:
+        out.append(str(value))
+    elif type(value) is dict:
+        if not value:
+            out.append("{}")
+            return
+        items: Iterable[tuple[object, object]] = value.items()
+        for key in value:
+            if type(key) is not str or key[:1] in _DIGITS:  # maybe an array index to hoist, or an odd key
+                items = _ordered_items(value)
+                break
+        inner = "\n" + indent * (level + 1) if indent else ""
+        separator, comma, colon = "{" + inner, "," + inner, ": " if indent else ":"
+        for key, item in items:
+            if type(key) is str and len(key) < _LONG_STRING and key.isascii():
+                out.append(separator + _encode_basestring(key) + colon)
+            else:
+                out.append(separator)
+                out.append(js_string(cast(str, key)))  # _ordered_items lets only str through
+                out.append(colon)
+            if type(item) is str and len(item) < _LONG_STRING and item.isascii():
+                out.append(_encode_basestring(item))
+            else:
+                _write(item, out, indent, level + 1)
+            separator = comma
+        out.append("\n" + indent * level + "}" if indent else "}")
+    elif type(value) is list or type(value) is tuple:
+        if not value:
+            out.append("[]")
+            return
+        inner = "\n" + indent * (level + 1) if indent else ""
+        separator, comma = "[" + inner, "," + inner
+        for item in value:
+            if type(item) is str and len(item) < _LONG_STRING and item.isascii():
+                out.append(separator + _encode_basestring(item))
+            else:
+                out.append(separator)
+                _write(item, out, indent, level + 1)
+            separator = comma
+        out.append("\n" + indent * level + "]" if indent else "]")
+    else:
+        _reference_write(value, out, indent, level, _write)
 
 
 def js_stringify(value: object, indent: int = 0) -> str:
@@ -178,6 +298,13 @@ def js_stringify(value: object, indent: int = 0) -> str:
     """
     out: list[str] = []
     _write(value, out, " " * min(max(indent, 0), 10), 0)
+    return "".join(out)
+
+
+def _reference_js_stringify(value: object, indent: int = 0) -> str:
+    """`js_stringify` by the plain rules only: the specification the fast paths are tested against."""
+    out: list[str] = []
+    _reference_write(value, out, " " * min(max(indent, 0), 10), 0)
     return "".join(out)
 
 
