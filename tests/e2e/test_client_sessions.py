@@ -11,7 +11,6 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from agentroomd.relay.server import serve_relay
 
 from agentroomd.client.connection import Backoff
 from agentroomd.client.manager import ClientError, SessionManager
@@ -19,6 +18,7 @@ from agentroomd.client.store import ClientStore
 from agentroomd.control.api import ReceivedMessage
 from agentroomd.log import Logger
 from agentroomd.relay.config import RelayConfig
+from agentroomd.relay.server import serve_relay
 from ratchet.keys import KeyPair
 
 
