@@ -45,7 +45,6 @@ from ratchet.frames import (
     Pong,
     SessionAck,
     SessionInit,
-    as_forwarded,
     make_ack,
     make_error,
     make_hello_ack,
@@ -403,7 +402,7 @@ class RelayApp:
         if frame.from_ != conn.pk:
             await self._error(conn, "UNAUTH", "from mismatch", frame.msg_id)
             return
-        result = await self.hub.route(as_forwarded(frame))
+        result = await self.hub.route(frame)
         if result == "queue_full":
             await self._ack(conn, frame.msg_id, "error", "recipient queue full")
             return

@@ -54,6 +54,8 @@ class Connection:
         self._wake = trio.Event()
         self._disconnected = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._send: Any = None  # the ASGI send; only ever called under _send_lock
+        self._send_lock = trio.Lock()
         self._pump_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -68,6 +70,7 @@ class Connection:
 
     async def run(self, send: Any, reader: Any) -> None:
         """Run writer and ``reader`` (an async callable) until the socket is gone or closed."""
+        self._send = send
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._write_loop, send)
@@ -107,7 +110,17 @@ class Connection:
     # ------------------------------------------------------------------ sending
 
     async def send_text(self, text: str) -> None:
-        """Queue one of this connection's own replies (waits for room: backpressure on this client)."""
+        """Send one of this connection's own replies (ACK, ERROR, PONG, HELLO_ACK) in order.
+
+        When nothing is queued and nothing is being written, the reply is written right here, by the
+        task that handles this client's frames: no hand-over to the writer (the common case, and the
+        relay's hot path). Otherwise it is queued behind the rest, waiting for room: a client that does
+        not read its replies stops being read (backpressure on that client only).
+        """
+        if self._send is not None and not self._send_lock.locked() and self.outbox.idle:
+            async with self._send_lock:
+                await self._send({"type": "websocket.send", "text": text})
+            return
         await self.outbox.put(OutItem(text))
 
     def offer(self, item: OutItem, ord_: int | None) -> bool:
@@ -131,14 +144,16 @@ class Connection:
             item = await self.outbox.get()
             if item is None:
                 break
-            await send({"type": "websocket.send", "text": item.text})
+            async with self._send_lock:
+                await send({"type": "websocket.send", "text": item.text})
             self.outbox.done(item)
             if item.is_delivery:
                 self.hub.metrics.inc("deliveries_total")
                 if item.row_id is not None and not self.acks_deliveries and self.pk is not None:
                     store.discard([(self.pk, item.row_id)])
         if self.close_code is not None:
-            await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+            async with self._send_lock:
+                await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
             with trio.move_on_after(CLOSE_HANDSHAKE_WAIT_S):
                 await self._disconnected.wait()
             if self._nursery is not None:

@@ -20,7 +20,7 @@ from agentroomd.relay.metrics import Metrics
 from agentroomd.relay.outbox import OutItem
 from agentroomd.relay.store import RelayStore
 from agentroomd.relay.wire import delivery_text, routed_text
-from ratchet.frames import Routed
+from ratchet.frames import KeyLayout, Routed
 from ratchet.rand import RandomSource
 
 RouteResult = Literal["delivered", "queued", "queue_full"]
@@ -85,9 +85,12 @@ class Hub:
     # ------------------------------------------------------------------ routing
 
     async def route(self, routed: Routed) -> RouteResult:
-        """Deliver ``routed`` to its recipient now, or store it; "queue_full" when neither is possible."""
+        """Deliver a client's ``routed`` frame to its recipient now, or store it; "queue_full" when neither is possible.
+
+        What travels is the frame as the reference relay forwards it: its parsed form (PARSED key layout).
+        """
         to = routed.to
-        envelope = routed_text(routed)
+        envelope = routed_text(routed, KeyLayout.PARSED)
         conn = self.agents.get(to)
         if conn is not None and not conn.acks_deliveries:
             text = delivery_text(self.rng.uuid4(), self.now_ms(), envelope)

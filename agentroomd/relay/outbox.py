@@ -41,6 +41,11 @@ class Outbox:
         return self._bytes
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written: a frame sent now would not overtake anything."""
+        return self._bytes == 0 and not self._closed
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import json
 
+import attrs
+
 from ratchet.frames import PROTOCOL_VERSION, KeyLayout, Routed, serialize_frame
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
-def routed_text(frame: Routed) -> str:
-    """`serialize_frame(frame)` for a MSG / SESSION_INIT / SESSION_ACK."""
+def routed_text(frame: Routed, layout: KeyLayout | None = None) -> str:
+    """`serialize_frame(frame)` for a MSG / SESSION_INIT / SESSION_ACK, in ``layout`` if given.
+
+    `routed_text(frame, KeyLayout.PARSED)` is `serialize_frame(as_forwarded(frame))`: what the
+    reference relay forwards for a client's frame.
+    """
+    layout = layout or frame.key_layout
     strings = (frame.msg_id, frame.from_, frame.to, frame.ciphertext, frame.nonce, frame.sig, frame.ratchet_pk or "")
     if not all(text.isascii() for text in strings):
-        return serialize_frame(frame)
+        return serialize_frame(frame if layout is frame.key_layout else attrs.evolve(frame, key_layout=layout))
     value: dict[str, object] = {"v": frame.v}
-    if frame.key_layout is KeyLayout.WIRE:
+    if layout is KeyLayout.WIRE:
         value.update(type=frame.TYPE, msg_id=frame.msg_id, ts=frame.ts)
     else:
         value.update(msg_id=frame.msg_id, ts=frame.ts, type=frame.TYPE)

@@ -1,5 +1,6 @@
 """The relay's fast wire texts are byte-identical to `serialize_frame` (which matches the reference)."""
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,8 @@ def routed_frames(draw: st.DrawFn) -> Msg | SessionInit | SessionAck:
 def test_routed_and_delivery_texts_match_serialize_frame(frame: Msg, delivery_id: str, ts: int) -> None:
     envelope = routed_text(frame)
     assert envelope == serialize_frame(frame)
+    for layout in KeyLayout:
+        assert routed_text(frame, layout) == serialize_frame(attrs.evolve(frame, key_layout=layout))
     assert delivery_text(delivery_id, ts, envelope) == serialize_frame(
         Delivery(msg_id=delivery_id, ts=ts, routed=frame)
     )

@@ -1,0 +1,409 @@
+"""How close the relay comes to the WebSocket stack it runs on, and what an idle connection costs.
+
+Two servers are measured in the same run, each in its own process on the same stack (hypercorn on
+trio), with the same load generator in a third process:
+
+* **relay**: `agentroomd relay` (rate limits off); N sender/receiver pairs, every sender
+  authenticated with HELLO, sending MSG frames that the relay validates, routes, ACKs and delivers
+  as DELIVERY (the recipients are online, so this is the live path; `--acks` makes the recipients
+  acknowledge deliveries, which puts every message through SQLite).
+* **bare**: the ceiling; a WebSocket forwarder of a few lines on the same stack: a client names
+  itself, then every text it sends goes to the peer it names. No JSON, no ACK, no store.
+
+Each sender keeps up to `--window` messages in flight (it waits for its receiver to see one before
+sending the next beyond the window). We print routed messages per second, p50/p99 latency from
+send to receipt, and the ratio relay/bare (target >= 0.5). Then we open 500 authenticated idle
+connections to a fresh relay and report its resident memory per connection (target < 64 KiB).
+
+    .venv/bin/python -m bench.relay [--pairs 8] [--messages 2000] [--size 256] [--window 16] [--acks]
+
+Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+THROUGHPUT_TARGET = 0.5
+MEMORY_TARGET_KIB = 64
+IDLE_CONNECTIONS = 500
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------- the bare forwarder (server side)
+
+
+class BareForwarder:
+    """ASGI: the first text names the client; each later text `"<peer>|<payload>"` goes to that peer."""
+
+    def __init__(self) -> None:
+        self.peers: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "websocket":
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        name = None
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                break
+            text = message["text"]
+            if name is None:
+                name = text
+                self.peers[name] = send
+                await send({"type": "websocket.send", "text": "ok"})
+                continue
+            peer, _, payload = text.partition("|")
+            target = self.peers.get(peer)
+            if target is not None:
+                await target({"type": "websocket.send", "text": payload})
+        if name is not None:
+            self.peers.pop(name, None)
+
+
+async def _serve_bare() -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.backlog = 1024
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, BareForwarder(), config))  # type: ignore[arg-type]
+            port = int(binds[0].rsplit(":", 1)[1])
+            print(json.dumps({"event": "ready", "port": port}), flush=True)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- servers as processes
+
+
+@attrs.define
+class Server:
+    process: trio.Process
+    port: int
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+@asynccontextmanager
+async def server_process(kind: str, workdir: Path) -> AsyncIterator[Server]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROOM_")}
+    env.update(PYTHONPATH=str(PROJECT_ROOT), RATE_LIMIT_DISABLED="1", LOG_LEVEL="error", AGENTROOM_HOME=str(workdir))
+    if kind == "relay":
+        command = [sys.executable, "-m", "agentroomd", "relay", "--port", "0", "--db", str(workdir / "relay.db")]
+    else:
+        command = [sys.executable, "-m", "bench.relay", "--serve-bare"]
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, env=env, stdout=subprocess.PIPE, check=False, cwd=workdir)
+        )
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(1)
+                if not chunk:
+                    raise RuntimeError(f"{kind} server exited before it was ready")
+                line += chunk
+        try:
+            yield Server(process, int(json.loads(line)["port"]))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                await process.wait()
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- load generation
+
+
+@attrs.define
+class PairResult:
+    latencies_ns: list[int] = attrs.Factory(list)
+
+
+def _marker(text: str) -> int:
+    start = text.index("T", text.index('"ciphertext":"') if text.startswith("{") else 0) + 1
+    return int(text[start : text.index("_", start)])
+
+
+async def _http_get_json(port: int, path: str) -> Any:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := await stream.receive_some(65_536):
+            raw += chunk
+    return json.loads(raw.partition(b"\r\n\r\n")[2])
+
+
+class RelayAgent:
+    """A protocol client reduced to what the load needs: HELLO, then pre-built MSG texts."""
+
+    def __init__(self) -> None:
+        from ratchet.encoding import b64u_encode
+        from ratchet.keys import KeyPair
+
+        self.keys = KeyPair.generate()
+        self.pk = b64u_encode(self.keys.ed25519_pk)
+        self.x25519_pk = b64u_encode(self.keys.x25519_pk)
+
+    async def hello(self, ws: trio_websocket.WebSocketConnection, port: int, acks: bool) -> None:
+        from ratchet.frames import Hello, serialize_frame
+        from ratchet.signatures import sign_hello
+
+        challenge = (await _http_get_json(port, "/auth/challenge"))["challenge"]
+        hello = Hello(
+            msg_id=str(uuid.uuid4()),
+            ts=int(time.time() * 1000),
+            ed25519_pk=self.pk,
+            x25519_pk=self.x25519_pk,
+            sig=sign_hello(self.keys, challenge),
+            challenge=challenge,
+            acks_deliveries=acks,
+        )
+        await ws.send_message(serialize_frame(hello))
+        reply = await ws.get_message()
+        assert '"HELLO_ACK"' in reply, reply
+
+    def msg(self, to: str, seq: int, pad: str) -> str:
+        # The relay validates the shape but never the signature of a MSG: a fixed one keeps the load cheap.
+        return (
+            f'{{"v":2,"type":"MSG","msg_id":"{uuid.uuid4()}","ts":{int(time.time() * 1000)},"from":"{self.pk}",'
+            f'"to":"{to}","ciphertext":"T{time.perf_counter_ns()}_{pad}","nonce":"bm9uY2U","sig":"c2ln","seq":{seq}}}'
+        )
+
+
+async def _run_pair(kind: str, port: int, messages: int, size: int, window: int, acks: bool) -> PairResult:
+    result = PairResult()
+    url = f"ws://127.0.0.1:{port}/ws"
+    pad = "A" * size
+    sender_name, receiver_name = uuid.uuid4().hex, uuid.uuid4().hex
+    sender_agent = receiver_agent = None
+    received = trio.Semaphore(window)
+    done = trio.Event()
+    async with (
+        trio_websocket.open_websocket_url(url, max_message_size=2**22, message_queue_size=64) as sender,
+        trio_websocket.open_websocket_url(url, max_message_size=2**22, message_queue_size=64) as receiver,
+    ):
+        if kind == "relay":
+            sender_agent, receiver_agent = RelayAgent(), RelayAgent()
+            await sender_agent.hello(sender, port, False)
+            await receiver_agent.hello(receiver, port, acks)
+        else:
+            for ws, name in ((sender, sender_name), (receiver, receiver_name)):
+                await ws.send_message(name)
+                assert await ws.get_message() == "ok"
+
+        async def receive() -> None:
+            for _ in range(messages):
+                text = await receiver.get_message()
+                assert isinstance(text, str)
+                result.latencies_ns.append(time.perf_counter_ns() - _marker(text))
+                if acks:
+                    ref = text[text.index('"msg_id":"') + 10 :][:36]
+                    await receiver.send_message(
+                        f'{{"v":2,"type":"DELIVERY_ACK","msg_id":"{uuid.uuid4()}","ts":1,"ref_msg_id":"{ref}"}}'
+                    )
+                received.release()
+            done.set()
+
+        async def drain_acks() -> None:
+            while True:
+                await sender.get_message()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            if kind == "relay":
+                nursery.start_soon(drain_acks)
+            for seq in range(messages):
+                await received.acquire()
+                if kind == "relay":
+                    assert sender_agent is not None and receiver_agent is not None
+                    await sender.send_message(sender_agent.msg(receiver_agent.pk, seq, pad))
+                else:
+                    await sender.send_message(f"{receiver_name}|T{time.perf_counter_ns()}_{pad}")
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    return result
+
+
+@attrs.frozen
+class LoadResult:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us: float = 0.0  # server CPU time per routed message
+
+
+async def measure_load(
+    kind: str, port: int, pairs: int, messages: int, size: int, window: int, acks: bool
+) -> LoadResult:
+    results: list[PairResult] = []
+
+    async def one() -> None:
+        results.append(await _run_pair(kind, port, messages, size, window, acks))
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(pairs):
+            nursery.start_soon(one)
+    elapsed = time.perf_counter() - start
+    latencies = sorted(ns for r in results for ns in r.latencies_ns)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return LoadResult(len(latencies) / elapsed, statistics.median(latencies) / 1e6, p99 / 1e6)
+
+
+# ---------------------------------------------------------------------- idle memory
+
+
+async def measure_idle_memory(server: Server, count: int) -> float:
+    """KiB of resident memory per authenticated idle connection, opening ``count`` of them.
+
+    The baseline is taken after a warm-up round of connections (opened and closed), so that code
+    paths and caches used once per process are not charged to the connections.
+    """
+    await _hold_connections(server, 20, None)
+    before = server.rss_kib()
+    after: list[int] = []
+    await _hold_connections(server, count, lambda: after.append(server.rss_kib()))
+    return (after[0] - before) / count
+
+
+async def _hold_connections(server: Server, count: int, measure: Any) -> None:
+    """Open ``count`` authenticated connections, call ``measure()`` while all are open, close them."""
+    opened, release = trio.Event(), trio.Event()
+    ready = 0
+    limiter = trio.CapacityLimiter(50)
+
+    async def hold() -> None:
+        nonlocal ready
+        agent = RelayAgent()
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            async with limiter:
+                await agent.hello(ws, server.port, False)
+            ready += 1
+            if ready == count:
+                opened.set()
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(hold)
+        with trio.fail_after(120):
+            await opened.wait()
+        metrics = await _http_get_json(server.port, "/metrics")
+        assert metrics["ws_connections"] == count, metrics
+        if measure is not None:
+            measure()
+        release.set()
+
+
+# ---------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace) -> int:
+    results: dict[str, LoadResult] = {}
+    with tempfile.TemporaryDirectory(prefix="ar-bench-") as tmp:
+        for kind in ("bare", "relay"):
+            workdir = Path(tmp) / kind
+            workdir.mkdir()
+            async with server_process(kind, workdir) as server:
+                # a short warm-up, then the measured run
+                await measure_load(kind, server.port, 2, 200, args.size, args.window, args.acks)
+                cpu_before = server.cpu_s()
+                result = await measure_load(
+                    kind, server.port, args.pairs, args.messages, args.size, args.window, args.acks
+                )
+                cpu_us = (server.cpu_s() - cpu_before) / (args.pairs * args.messages) * 1e6
+                results[kind] = attrs.evolve(result, server_cpu_us=cpu_us)
+        workdir = Path(tmp) / "idle"
+        workdir.mkdir()
+        async with server_process("relay", workdir) as server:
+            per_conn_kib = await measure_idle_memory(server, IDLE_CONNECTIONS)
+
+    mode = ", recipients acknowledge (SQLite path)" if args.acks else ""
+    print(
+        f"relay benchmark: {args.pairs} pairs x {args.messages} msgs, {args.size}-byte ciphertext,"
+        f" window {args.window}{mode}"
+    )
+    for kind, label in (("bare", "bare WS forwarder"), ("relay", "agentroom relay")):
+        r = results[kind]
+        print(
+            f"  {label:18} {r.rate:9.0f} msg/s   p50 {r.p50_ms:7.2f} ms   p99 {r.p99_ms:7.2f} ms"
+            f"   server CPU {r.server_cpu_us:6.0f} us/msg"
+        )
+    ratio = results["relay"].rate / results["bare"].rate
+    print(f"  throughput ratio relay/bare = {ratio:.2f} (target >= {THROUGHPUT_TARGET})")
+    cpu_ratio = results["bare"].server_cpu_us / results["relay"].server_cpu_us
+    print(f"  server CPU efficiency relay/bare = {cpu_ratio:.2f} (bare CPU per message / relay CPU per message)")
+    print(
+        f"  idle memory: {per_conn_kib:.1f} KiB per authenticated connection at {IDLE_CONNECTIONS} connections"
+        f" (target < {MEMORY_TARGET_KIB} KiB)"
+    )
+    ok = ratio >= THROUGHPUT_TARGET and per_conn_kib < MEMORY_TARGET_KIB
+    print("  verdict:", "OK" if ok else "MISSED")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--messages", type=int, default=2000, help="messages per pair")
+    parser.add_argument("--size", type=int, default=256, help="ciphertext characters per message")
+    parser.add_argument("--window", type=int, default=16, help="messages in flight per pair")
+    parser.add_argument("--acks", action="store_true", help="recipients acknowledge deliveries (SQLite path)")
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_bare:
+        trio.run(_serve_bare)
+        return 0
+    return trio.run(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
