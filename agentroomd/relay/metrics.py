@@ -37,6 +37,7 @@ COUNTERS: dict[str, str] = {
     "connections_refused_total": "WebSocket upgrades refused (connection cap or shutdown).",
     "pending_dropped_malformed": "Stored rows dropped because they no longer parse.",
     "store_errors_total": "Database operations that failed.",
+    "connections_crashed_total": "Connections dropped because the HTTP/WebSocket layer failed on their input.",
 }
 GAUGES: dict[str, str] = {
     "ws_connections": "Authenticated agents connected now.",

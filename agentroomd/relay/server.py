@@ -6,10 +6,12 @@ It reports readiness with a `RelayHandle` (the bound port and URLs).
 
 Shutdown is graceful however it is asked for (the caller's cancel scope, or SIGTERM/SIGINT in the
 CLI, which cancels that scope): new upgrades get 503, every socket is closed with 1001 "server
-shutting down" and given a moment to finish, then hypercorn's shutdown trigger is set (hypercorn
-does not close websockets itself, daemon-anchors §3.3), and finally the store flushes its pending
-deletions and checkpoints. hypercorn runs in a shielded scope, so an outer cancellation becomes
-this ordered stop instead of tearing sockets down mid-frame (hypercorn issue #106).
+shutting down" and given a moment to finish (hypercorn does not close websockets itself,
+daemon-anchors §3.3), then the listeners close and what is left gets hypercorn's graceful timeout,
+and finally the store flushes its pending deletions and checkpoints. The connection layer runs in a
+shielded scope, so an outer cancellation becomes this ordered stop instead of tearing sockets down
+mid-frame (hypercorn issue #106). See `_serve_connections` for why we drive hypercorn's per-socket
+protocol code from our own accept loop rather than calling `hypercorn.trio.serve`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
 
 from agentroomd.log import Logger
 from agentroomd.relay.app import RelayApp
@@ -56,10 +62,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class _NdjsonHandler(logging.Handler):
     """hypercorn's own warnings and errors, re-emitted as our NDJSON lines."""
 
@@ -79,7 +81,6 @@ class _NdjsonHandler(logging.Handler):
 
 def hypercorn_config(config: RelayConfig, log: Logger) -> HypercornConfig:
     cfg = HypercornConfig()
-    cfg.bind = [_bind(config.host, config.port)]
     cfg.websocket_max_message_size = config.ws_max_payload + HYPERCORN_SIZE_SLACK
     cfg.websocket_ping_interval = config.ping_interval_s
     cfg.graceful_timeout = HYPERCORN_GRACE_S
@@ -94,16 +95,48 @@ def hypercorn_config(config: RelayConfig, log: Logger) -> HypercornConfig:
     return cfg
 
 
-async def _run_hypercorn(
+async def _serve_connections(
     app: RelayApp,
     cfg: HypercornConfig,
+    host: str,
+    port: int,
     shutdown: trio.Event,
     scope: trio.CancelScope,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """hypercorn's per-connection protocol stack behind our own accept loop, until ``shutdown`` is set.
+
+    `hypercorn.trio.serve` runs every connection in one nursery, so an exception escaping one
+    connection's protocol code ends the whole server. That happens in 0.18.0: bytes right after an
+    upgrade request, before the app accepts, make it send a 400 on an h11 connection already in
+    ERROR state (the LocalProtocolError of hypercorn issue #225). A relay on the internet cannot let
+    any client stop it, so each connection runs here under its own guard, which logs and counts
+    the failure and drops only that connection. We use hypercorn's `TCPServer` (its own per-socket
+    driver) unchanged; lifespan is not needed because `serve_relay` owns the app's resources.
+    """
+    wrapped = ASGIWrapper(app)  # type: ignore[arg-type]
+    context = WorkerContext(None)
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=cfg.backlog)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            await TCPServer(wrapped, cfg, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+        except Exception as exc:  # logged and counted: one connection's failure never stops the relay
+            app.metrics.inc("connections_crashed_total")
+            app.log.error("connection.crashed", error=f"{exc.__class__.__name__}: {exc}"[:300])
+
     with scope:
-        await hypercorn_serve(app, cfg, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as acceptor:
+                await acceptor.start(partial(trio.serve_listeners, handle, listeners, handler_nursery=connections))
+                task_status.started(listeners[0].socket.getsockname()[1])
+                await shutdown.wait()
+                acceptor.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            await context.terminated.set()  # idle keep-alive HTTP connections close now
+            connections.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout
 
 
 async def serve_relay(
@@ -136,12 +169,13 @@ async def _serve(
         app = RelayApp(config, store, log=log, rng=rng, wall_ms=wall_ms, clock=clock)
         cfg = hypercorn_config(config, log)
         shutdown = trio.Event()
-        hypercorn_scope = trio.CancelScope(shield=True)
+        server_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app.maintenance)
             try:
-                binds = await nursery.start(_run_hypercorn, app, cfg, shutdown, hypercorn_scope)
-                port = int(binds[0].rsplit(":", 1)[1])
+                port = await nursery.start(
+                    _serve_connections, app, cfg, config.host, config.port, shutdown, server_scope
+                )
                 host = _url_host(config.host)
                 handle = RelayHandle(config.host, port, f"ws://{host}:{port}/ws", f"http://{host}:{port}", app)
                 log.info("server.start", host=config.host, port=port, db="memory" if not config.persistent else "file")
@@ -153,6 +187,6 @@ async def _serve(
                     with trio.move_on_after(config.shutdown_grace_s):
                         await app.close_all(1001, "server shutting down")
                     shutdown.set()
-                    # hypercorn gives what is left graceful_timeout; this is the hard stop behind it.
-                    hypercorn_scope.deadline = trio.current_time() + HYPERCORN_GRACE_S + config.shutdown_grace_s
+                    # what is left gets graceful_timeout (above); this is the hard stop behind it.
+                    server_scope.deadline = trio.current_time() + HYPERCORN_GRACE_S + config.shutdown_grace_s
                 nursery.cancel_scope.cancel()

@@ -358,6 +358,7 @@ class StalledClient:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self._texts: list[str] = []
         self._partial = ""
+        self.pings_seen = 0
 
     async def _pump_events(self) -> None:
         import wsproto.events as ev
@@ -373,7 +374,14 @@ class StalledClient:
                     self._texts.append(self._partial)
                     self._partial = ""
             elif isinstance(event, ev.Ping):
+                self.pings_seen += 1
                 await self.stream.send_all(self.ws.send(event.response()))
+
+    async def wait_for_ping(self) -> None:
+        """Read (and answer) until the relay has sent a WebSocket protocol ping."""
+        with trio.fail_after(WAIT_S):
+            while not self.pings_seen:
+                await self._pump_events()
 
     async def send(self, frame: Frame) -> None:
         import wsproto.events as ev
