@@ -1,0 +1,338 @@
+"""The v3 frames: a versioned binary frame inside the fields a v2 relay already routes.
+
+A v2 relay (ours or the reference's, which drops unknown JSON fields) routes MSG / SESSION_INIT /
+SESSION_ACK frames with ``from, to, ciphertext, nonce, sig, seq, ratchet_pk``. v3 puts its whole
+frame, header included, into ``ciphertext`` (base64url) and derives every other field from it:
+
+=============  ==========================================================================
+``ciphertext``  base64url of the inner frame (below), canonical, at most 147,456 bytes
+``nonce``       base64url of ``frame_digest(inner frame)`` (32 bytes)
+``seq``         the message number n for MSG, 0 for the handshake frames
+``sig``         the v2 routed signature over {from, to, seq, nonce}: through the digest it
+                covers every byte of the frame
+``ratchet_pk``  absent
+=============  ==========================================================================
+
+A receiver recomputes all of them and refuses a frame where any differs, so no byte a relay
+forwards can change without the frame being rejected. Every inner frame starts with the version
+byte 3 and a type byte; the type decides which relay frame may carry it (type confusion fails):
+
+====  ===================  ===========================  ======================================
+type  name                 carried by                   layout after version and type
+====  ===================  ===========================  ======================================
+1     HANDSHAKE_INIT       INVITE_CLAIM → SESSION_INIT  invite_id 16, e 32, enc(s) 48, enc(payload) 82
+2     HANDSHAKE_RESPONSE   SESSION_ACK                  e 32, enc(payload) 18
+3     MESSAGE              MSG                          session_id 16, dh 32, pn u32, n u32, nonce 24, box
+4     CLOSE                MSG                          as MESSAGE
+====  ===================  ===========================  ======================================
+
+Integers are big-endian. docs/protocol-v3.md is the full specification.
+"""
+
+import base64
+import binascii
+import enum
+import re
+import struct
+import uuid
+from typing import Final, Literal, TypeAlias
+
+import attrs
+
+from ratchet.frames import MAX_CIPHERTEXT
+from ratchet.keys import KeyPair
+from ratchet.signatures import sign_routed, verify_routed
+from ratchet.v3.errors import FrameTypeError, MalformedFrameError, UnsupportedVersionError, WrongPeerError
+from ratchet.v3.primitives import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, frame_digest
+
+__all__ = [
+    "HANDSHAKE_INIT_BYTES",
+    "HANDSHAKE_RESPONSE_BYTES",
+    "MAX_FRAME_BYTES",
+    "MESSAGE_HEADER_BYTES",
+    "VERSION",
+    "ClaimFields",
+    "FrameType",
+    "InitFrame",
+    "MessageHeader",
+    "OuterType",
+    "PublishFields",
+    "ResponseFrame",
+    "RoutedFields",
+    "b64u",
+    "b64u_strict",
+]
+
+VERSION: Final = 3
+ED25519_PK_BYTES: Final = 32
+X25519_BYTES: Final = 32
+SESSION_ID_BYTES: Final = 16
+INVITE_ID_BYTES: Final = 16
+SIGNATURE_BYTES: Final = 64
+
+MAX_FRAME_BYTES: Final = MAX_CIPHERTEXT // 4 * 3
+"""The largest inner frame whose base64url fits the relays' ciphertext bound (196,608 characters)."""
+
+OuterType: TypeAlias = Literal["MSG", "SESSION_INIT", "SESSION_ACK"]
+
+
+class FrameType(enum.IntEnum):
+    HANDSHAKE_INIT = 1
+    HANDSHAKE_RESPONSE = 2
+    MESSAGE = 3
+    CLOSE = 4
+
+    @property
+    def outer_type(self) -> OuterType:
+        """The relay frame type that carries this kind of inner frame."""
+        if self is FrameType.HANDSHAKE_INIT:
+            return "SESSION_INIT"
+        if self is FrameType.HANDSHAKE_RESPONSE:
+            return "SESSION_ACK"
+        return "MSG"
+
+
+INIT_PAYLOAD_BYTES: Final = 2 + SIGNATURE_BYTES  # features u16, invitee's identity signature
+RESPONSE_PAYLOAD_BYTES: Final = 2  # features u16
+HANDSHAKE_INIT_BYTES: Final = (
+    2 + INVITE_ID_BYTES + X25519_BYTES + (X25519_BYTES + AEAD_TAG_BYTES) + (INIT_PAYLOAD_BYTES + AEAD_TAG_BYTES)
+)
+HANDSHAKE_RESPONSE_BYTES: Final = 2 + X25519_BYTES + RESPONSE_PAYLOAD_BYTES + AEAD_TAG_BYTES
+_MESSAGE_HEADER: Final = struct.Struct(f">BB{SESSION_ID_BYTES}s{X25519_BYTES}sII{AEAD_NONCE_BYTES}s")
+MESSAGE_HEADER_BYTES: Final = _MESSAGE_HEADER.size
+
+
+# ── base64url, strictly ─────────────────────────────────────────────────────────────────────────
+
+_B64U: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64u(data: bytes) -> str:
+    """base64url without padding, as every v3 field is written."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64u_strict(text: object, what: str, length: int | None = None) -> bytes:
+    """Decode base64url that must be exactly what `b64u` writes: one spelling per value.
+
+    v2 decodes leniently (like Node); v3 does not, so a relay cannot re-spell a field (padding,
+    the other alphabet, stray characters) and still have it accepted.
+    """
+    if not isinstance(text, str) or _B64U.fullmatch(text) is None or len(text) % 4 == 1:
+        raise MalformedFrameError(f"{what}: not canonical base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the pattern admits only decodable text
+        raise MalformedFrameError(f"{what}: not canonical base64url") from exc
+    if b64u(raw) != text:
+        raise MalformedFrameError(f"{what}: not canonical base64url")
+    if length is not None and len(raw) != length:
+        raise MalformedFrameError(f"{what}: expected {length} bytes, got {len(raw)}")
+    return raw
+
+
+# ── the relay-visible fields ────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class RoutedFields:
+    """One routed frame (MSG / SESSION_INIT / SESSION_ACK) without the relay's msg_id and ts.
+
+    `ratchet.v3.transport` converts to and from `ratchet.frames` objects.
+    """
+
+    type: OuterType
+    from_pk: str
+    to: str
+    ciphertext: str
+    nonce: str
+    sig: str
+    seq: int
+    ratchet_pk: str | None = None
+
+
+@attrs.frozen
+class ClaimFields:
+    """INVITE_CLAIM: the relay verifies ``sig`` and forwards the rest as SESSION_INIT to the inviter."""
+
+    invite_id: str
+    from_pk: str
+    ciphertext: str
+    nonce: str
+    sig: str
+
+    def as_session_init(self, inviter_pk: str) -> RoutedFields:
+        """What the inviter receives: the relay's SESSION_INIT built from this claim (to = inviter, seq 0)."""
+        return RoutedFields("SESSION_INIT", self.from_pk, inviter_pk, self.ciphertext, self.nonce, self.sig, 0)
+
+
+@attrs.frozen
+class PublishFields:
+    """INVITE_PUBLISH: all a v3 relay learns about an invite (a random id, an expiry, a constant blob)."""
+
+    invite_id: str
+    blob: str
+    expires_at: int
+
+
+def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes, seq: int) -> RoutedFields:
+    """The routed fields carrying ``inner`` from ``identity`` to ``to``."""
+    if len(inner) > MAX_FRAME_BYTES:
+        raise MalformedFrameError(f"frame of {len(inner)} bytes exceeds the relay bound of {MAX_FRAME_BYTES}")
+    nonce = b64u(frame_digest(inner))
+    return RoutedFields(
+        type=frame_type.outer_type,
+        from_pk=b64u(identity.ed25519_pk),
+        to=to,
+        ciphertext=b64u(inner),
+        nonce=nonce,
+        sig=sign_routed(identity, to, seq, nonce),
+        seq=seq,
+    )
+
+
+def open_routed(fields: RoutedFields, sender_pk: str, recipient_pk: str) -> tuple[FrameType, bytes]:
+    """Check every outer field of a received v3 frame and return (inner type, inner frame).
+
+    Checks, cheapest first: ``from``/``to`` are the expected parties (reflection, misrouting), no
+    ``ratchet_pk``, canonical base64url within the size bound, version 3, a known type carried by the
+    right relay frame type (type confusion), ``nonce`` is the frame's digest, ``seq`` matches the
+    frame, and the routed signature verifies. The inner frame's own authentication comes after this.
+    """
+    if fields.from_pk != sender_pk:
+        raise WrongPeerError("frame is not from the expected peer")
+    if fields.to != recipient_pk:
+        raise WrongPeerError("frame is not addressed to us")
+    if fields.ratchet_pk is not None:
+        raise MalformedFrameError("v3 frames carry no ratchet_pk (a v2 frame, or an altered one)")
+    if not isinstance(fields.ciphertext, str) or len(fields.ciphertext) > MAX_CIPHERTEXT:
+        raise MalformedFrameError("ciphertext exceeds the relay bound")
+    inner = b64u_strict(fields.ciphertext, "ciphertext")
+    frame_type = inner_type(inner)
+    if frame_type.outer_type != fields.type:
+        raise FrameTypeError(f"a {frame_type.name} frame cannot arrive as {fields.type}")
+    if b64u_strict(fields.nonce, "nonce") != frame_digest(inner):
+        raise MalformedFrameError("nonce is not the digest of the frame: the frame was altered")
+    if type(fields.seq) is not int or fields.seq != _expected_seq(frame_type, inner):
+        raise MalformedFrameError("seq does not match the frame")
+    b64u_strict(fields.sig, "sig", SIGNATURE_BYTES)
+    if not verify_routed(fields.from_pk, fields.to, fields.seq, fields.nonce, fields.sig):
+        raise WrongPeerError("routed signature does not verify with the sender's key")
+    return frame_type, inner
+
+
+def inner_type(inner: bytes) -> FrameType:
+    """The type of an inner frame, after checking its version byte."""
+    if len(inner) < 2:
+        raise MalformedFrameError(f"frame too short: {len(inner)} bytes")
+    if inner[0] != VERSION:
+        raise UnsupportedVersionError(f"protocol version {inner[0]} is not {VERSION}")
+    try:
+        return FrameType(inner[1])
+    except ValueError:
+        raise MalformedFrameError(f"unknown v3 frame type {inner[1]}") from None
+
+
+def _expected_seq(frame_type: FrameType, inner: bytes) -> int:
+    if frame_type in (FrameType.MESSAGE, FrameType.CLOSE) and len(inner) >= MESSAGE_HEADER_BYTES:
+        return MessageHeader.parse(inner).n
+    return 0
+
+
+# ── inner frames ────────────────────────────────────────────────────────────────────────────────
+
+
+def uuid_bytes(invite_id: str) -> bytes:
+    """The 16 bytes of a canonical lowercase UUID string (what relays accept as invite_id)."""
+    try:
+        parsed = uuid.UUID(invite_id)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise MalformedFrameError("invite id is not a UUID") from exc
+    if str(parsed) != invite_id:
+        raise MalformedFrameError("invite id is not a canonical lowercase UUID")
+    return parsed.bytes
+
+
+def uuid_text(raw: bytes) -> str:
+    return str(uuid.UUID(bytes=raw))
+
+
+@attrs.frozen
+class InitFrame:
+    """HANDSHAKE_INIT (Noise IKpsk1 message 1) split into its parts."""
+
+    invite_id: str
+    ephemeral: bytes
+    encrypted_static: bytes
+    encrypted_payload: bytes
+
+    @property
+    def header(self) -> bytes:
+        """The cleartext prefix the transcript hashes before the message's tokens."""
+        return bytes([VERSION, FrameType.HANDSHAKE_INIT]) + uuid_bytes(self.invite_id)
+
+    def pack(self) -> bytes:
+        return self.header + self.ephemeral + self.encrypted_static + self.encrypted_payload
+
+    @classmethod
+    def parse(cls, inner: bytes) -> "InitFrame":
+        if inner_type(inner) is not FrameType.HANDSHAKE_INIT:
+            raise FrameTypeError(f"expected HANDSHAKE_INIT, got {FrameType(inner[1]).name}")
+        if len(inner) != HANDSHAKE_INIT_BYTES:
+            raise MalformedFrameError(f"HANDSHAKE_INIT must be {HANDSHAKE_INIT_BYTES} bytes, got {len(inner)}")
+        at = 2 + INVITE_ID_BYTES
+        static_end = at + X25519_BYTES + X25519_BYTES + AEAD_TAG_BYTES
+        return cls(
+            invite_id=uuid_text(inner[2:at]),
+            ephemeral=inner[at : at + X25519_BYTES],
+            encrypted_static=inner[at + X25519_BYTES : static_end],
+            encrypted_payload=inner[static_end:],
+        )
+
+
+@attrs.frozen
+class ResponseFrame:
+    """HANDSHAKE_RESPONSE (Noise IKpsk1 message 2) split into its parts."""
+
+    ephemeral: bytes
+    encrypted_payload: bytes
+
+    @property
+    def header(self) -> bytes:
+        return bytes([VERSION, FrameType.HANDSHAKE_RESPONSE])
+
+    def pack(self) -> bytes:
+        return self.header + self.ephemeral + self.encrypted_payload
+
+    @classmethod
+    def parse(cls, inner: bytes) -> "ResponseFrame":
+        if inner_type(inner) is not FrameType.HANDSHAKE_RESPONSE:
+            raise FrameTypeError(f"expected HANDSHAKE_RESPONSE, got {FrameType(inner[1]).name}")
+        if len(inner) != HANDSHAKE_RESPONSE_BYTES:
+            raise MalformedFrameError(f"HANDSHAKE_RESPONSE must be {HANDSHAKE_RESPONSE_BYTES} bytes, got {len(inner)}")
+        return cls(ephemeral=inner[2 : 2 + X25519_BYTES], encrypted_payload=inner[2 + X25519_BYTES :])
+
+
+@attrs.frozen
+class MessageHeader:
+    """The cleartext header of a MESSAGE or CLOSE frame; all of it is AEAD associated data."""
+
+    type: FrameType
+    session_id: bytes
+    ratchet_pk: bytes
+    pn: int
+    n: int
+    nonce: bytes
+
+    def pack(self) -> bytes:
+        return _MESSAGE_HEADER.pack(VERSION, self.type, self.session_id, self.ratchet_pk, self.pn, self.n, self.nonce)
+
+    @classmethod
+    def parse(cls, inner: bytes) -> "MessageHeader":
+        frame_type = inner_type(inner)
+        if frame_type not in (FrameType.MESSAGE, FrameType.CLOSE):
+            raise FrameTypeError(f"a {frame_type.name} frame is not a message")
+        if len(inner) < MESSAGE_HEADER_BYTES + AEAD_TAG_BYTES:
+            raise MalformedFrameError(f"message frame too short: {len(inner)} bytes")
+        _, _, session_id, ratchet_pk, pn, n, nonce = _MESSAGE_HEADER.unpack_from(inner)
+        return cls(frame_type, session_id, ratchet_pk, pn, n, nonce)
