@@ -8,11 +8,14 @@
 - takes part in graceful shutdown: `ctx.on_shutdown("sessions", async_fn)`; hooks run in reverse
   order of registration within the `[daemon] shutdown_grace_s` deadline, before everything is cancelled;
 - waits for `ctx.shutdown.requested` if it has a graceful stop of its own.
+
+Services that build on another publish themselves here: the client sessions set `ctx.sessions` (the
+`SessionManager`) before they report started, so the rooms, started after them, can use it.
 """
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -22,6 +25,9 @@ from agentroomd.control.inbox import Inbox
 from agentroomd.control.rpc import MethodRegistry
 from agentroomd.log import Logger
 from ratchet.identity import Identity
+
+if TYPE_CHECKING:
+    from agentroomd.client.manager import SessionManager
 
 StatusProvider = Callable[[], dict[str, Any]]
 ShutdownHook = Callable[[], Awaitable[None]]
@@ -55,6 +61,7 @@ class DaemonContext:
     ready: trio.Event = attrs.Factory(trio.Event)  # set once the control socket accepts connections
     started_at_ms: int = attrs.Factory(lambda: int(time.time() * 1000))
     started_monotonic: float = attrs.Factory(time.monotonic)
+    sessions: "SessionManager | None" = None  # set by the client sessions service once it runs
     _status: dict[str, StatusProvider] = attrs.Factory(dict)
     _shutdown_hooks: list[tuple[str, ShutdownHook]] = attrs.Factory(list)
 

@@ -112,8 +112,11 @@ class SessionManager:
         self._send_waiters: dict[str, _SendWaiter] = {}
         self._handshake_events: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self._connection_scopes: dict[str, trio.CancelScope] = {}
         self.on_received: Callable[[ReceivedMessage], None] = lambda record: None
         self.on_peer: Callable[[str], None] = lambda pk: None
+        # (invite_id, peer pk): one of our invites became a session (hosted rooms learn their guest here)
+        self.on_invite_redeemed: Callable[[str, str], None] = lambda invite_id, pk: None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -149,9 +152,29 @@ class SessionManager:
             )
             self._connections[url] = conn
             self._wake[url] = trio.Event()
-            self._nursery.start_soon(conn.run)
-            self._nursery.start_soon(self._outbox_sender, conn)
+            scope = self._connection_scopes[url] = trio.CancelScope()
+            self._nursery.start_soon(self._run_connection, conn, scope)
         return conn
+
+    async def _run_connection(self, conn: RelayConnection, scope: trio.CancelScope) -> None:
+        """The connection and its outbox sender, under one scope so that `close_relay` can end both."""
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                nursery.start_soon(self._outbox_sender, conn)
+
+    def close_relay(self, url: str) -> bool:
+        """Stop using the relay at ``url`` (a hosted room was stopped); False if we had no connection to it.
+
+        Sealed frames for it stay in the outbox; `connection(url)` would start over and send them.
+        """
+        scope = self._connection_scopes.pop(url, None)
+        if scope is None:
+            return False
+        scope.cancel()
+        self._connections.pop(url, None)
+        self._wake.pop(url, None)
+        return True
 
     def relays(self) -> list[RelayConnection]:
         return list(self._connections.values())
@@ -168,6 +191,17 @@ class SessionManager:
 
     def peers(self) -> list[PeerRow]:
         return sorted(self._peers.values(), key=lambda row: row.created_at)
+
+    async def message_counts(self, pk: str) -> dict[str, int]:
+        """Messages journaled with ``pk``: {"in": received, "out": sent}."""
+        return await self.store.call(self.store.count_messages, pk)
+
+    async def invite_redeemer(self, invite_id: str) -> str | None:
+        """The peer that redeemed our invite ``invite_id``, if any (survives restarts: it is in the store)."""
+        for row in await self.store.call(self.store.invites):
+            if row.invite_id == invite_id:
+                return row.redeemed_by
+        return None
 
     def resolve_peer(self, ref: str) -> str:
         """A full public key, a unique prefix of one, or a local alias -> the full public key."""
@@ -455,6 +489,7 @@ class SessionManager:
                          ciphertext=fields.ciphertext, nonce=fields.nonce, sig=fields.sig, seq=fields.seq)
         self.log.info("session.established", peer=short_pk(pk), role="inviter", invite_id=invite.invite_id)
         self.on_peer(pk)
+        self.on_invite_redeemed(invite.invite_id, pk)
         try:
             await conn.send_frame(ack)
         except ConnectionLost:

@@ -57,6 +57,7 @@ async def run_sessions(ctx: DaemonContext, *, task_status: trio.TaskStatus[None]
                 manager.connection(url)
             _register(ctx, manager)
             ctx.add_status("sessions", lambda: _status(manager))
+            ctx.sessions = manager
             task_status.started()
     finally:
         store.close()
