@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import socket as stdlib_socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,6 +21,8 @@ from typing import Any, TypeVar
 import attrs
 import trio
 import trio_websocket
+import wsproto
+import wsproto.events as ev
 
 from agentroomd.log import Logger
 from agentroomd.relay.config import RelayConfig, relay_config_from
@@ -230,8 +234,6 @@ def new_id() -> str:
 
 
 def now_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000
 
 
@@ -352,8 +354,6 @@ class StalledClient:
     """
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        import wsproto
-
         self.stream = stream
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self._texts: list[str] = []
@@ -361,8 +361,6 @@ class StalledClient:
         self.pings_seen = 0
 
     async def _pump_events(self) -> None:
-        import wsproto.events as ev
-
         data = await self.stream.receive_some(65_536)
         if not data:
             raise EOFError("relay closed the connection")
@@ -384,8 +382,6 @@ class StalledClient:
                 await self._pump_events()
 
     async def send(self, frame: Frame) -> None:
-        import wsproto.events as ev
-
         await self.stream.send_all(self.ws.send(ev.Message(data=serialize_frame(frame))))
 
     async def recv(self) -> Frame:
@@ -403,10 +399,6 @@ class StalledClient:
 @asynccontextmanager
 async def stalled_client(relay: RelayHandle, agent: Agent) -> AsyncIterator[StalledClient]:
     """An authenticated `StalledClient` for ``agent`` (HELLO done, HELLO_ACK read)."""
-    import socket as stdlib_socket
-
-    import wsproto.events as ev
-
     challenge = await fetch_challenge(relay)
     sock = trio.socket.socket()
     sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
