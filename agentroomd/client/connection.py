@@ -52,6 +52,7 @@ from ratchet.signatures import sign_hello
 MAX_FRAME_BYTES = 512 * 1024
 PING_INTERVAL_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
+TOKEN_REUSE_S = 55 * 60.0
 
 
 class RelayError(Exception):
@@ -155,9 +156,12 @@ class RelayConnection:
         self._lost = trio.Event()
         self._send_lock = trio.Lock()
         self.relay_keeps_until_acked = False
+        self._token: str | None = None
+        self._token_at = 0.0
         self.state = "connecting"
         self.last_error: str | None = None
         self.connects = 0
+        self.resumes = 0  # connections authenticated with the session token instead of a new HELLO
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -212,11 +216,16 @@ class RelayConnection:
 
     async def _one_connection(self) -> None:
         self.state = "connecting"
-        challenge = await trio.to_thread.run_sync(fetch_challenge_sync, self.url, CONNECT_TIMEOUT_S)
+        token = self._token if self._token_fresh() else None
+        challenge = None
+        if token is None:
+            challenge = await trio.to_thread.run_sync(fetch_challenge_sync, self.url, CONNECT_TIMEOUT_S)
+        headers = [(b"authorization", b"Bearer " + token.encode())] if token else None
         opened: WebSocketConnection | None = None
         try:
             async with open_websocket_url(
                 self.url,
+                extra_headers=headers,
                 max_message_size=MAX_FRAME_BYTES,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 disconnect_timeout=2,
@@ -227,22 +236,50 @@ class RelayConnection:
             if opened is not None:
                 await _close_transport(opened)
 
-    async def _serve(self, ws: WebSocketConnection, challenge: str) -> None:
+    def _token_fresh(self) -> bool:
+        """A session token is worth trying for 55 of its 60 minutes (it is minted only by HELLO)."""
+        return self._token is not None and trio.current_time() - self._token_at < TOKEN_REUSE_S
+
+    async def _serve(self, ws: WebSocketConnection, challenge: str | None) -> None:
         self._ws = ws
-        await self._hello(ws, challenge)
+        first: Frame | None = None
+        if challenge is None:
+            first = await self._resume(ws)
+        else:
+            await self._hello(ws, challenge)
         self._backoff.reset()
         self.connects += 1
+        self.resumes += challenge is None
         self.state = "connected"
         self.last_error = None
         self._lost = trio.Event()
         self._connected.set()
-        self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked)
+        self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked,
+                       resumed=challenge is None)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pinger)
             if self._on_connected is not None:
                 nursery.start_soon(self._on_connected, self)
+            if first is not None:
+                await self._dispatch(first)
             await self._reader(ws)
             nursery.cancel_scope.cancel()
+
+    async def _resume(self, ws: WebSocketConnection) -> Frame | None:
+        """Token resume as the reference client does it: PING, and the first answer settles it.
+
+        An ERROR means the token was refused: forget it and fail this attempt, so the next one (right
+        away) does a full challenge and HELLO. Any other frame means we are in; a DELIVERY that came
+        first is handed back to be processed normally.
+        """
+        await ws.send_message(serialize_frame(make_ping(self._rng, self._clock_ms())))
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            frame = _parse_or_none(await ws.get_message())
+        if isinstance(frame, Error):
+            self._token = None
+            self._backoff.reset()
+            raise RelayError(f"relay refused the session token ({frame.code}); authenticating again")
+        return None if isinstance(frame, Pong) else frame
 
     async def _hello(self, ws: WebSocketConnection, challenge: str) -> None:
         kp = self._identity
@@ -261,6 +298,7 @@ class RelayConnection:
                 frame = _parse_or_none(await ws.get_message())
                 if isinstance(frame, HelloAck):
                     self.relay_keeps_until_acked = frame.acks_deliveries
+                    self._token, self._token_at = frame.session_token, trio.current_time()
                     return
                 if isinstance(frame, Error):
                     raise RelayError(f"relay refused HELLO: {frame.code} {frame.message}")
@@ -277,21 +315,22 @@ class RelayConnection:
             if frame is None:
                 self._log.warn("relay.bad_frame", relay=self.url, size=len(raw))
                 continue
-            if isinstance(frame, Delivery):
-                await self._handler.on_delivery(self, frame)
-                if self.relay_keeps_until_acked:
-                    await self.send_frame(make_delivery_ack(self._rng, self._clock_ms(), frame.msg_id))
-            elif isinstance(frame, Ack):
+            await self._dispatch(frame)
+
+    async def _dispatch(self, frame: Frame) -> None:
+        if isinstance(frame, Delivery):
+            await self._handler.on_delivery(self, frame)
+            if self.relay_keeps_until_acked:
+                await self.send_frame(make_delivery_ack(self._rng, self._clock_ms(), frame.msg_id))
+        elif isinstance(frame, Ack):
+            self._resolve(frame.ref_msg_id, frame)
+        elif isinstance(frame, Error):
+            if frame.ref_msg_id is not None and frame.ref_msg_id in self._waiters:
                 self._resolve(frame.ref_msg_id, frame)
-            elif isinstance(frame, Error):
-                if frame.ref_msg_id is not None and frame.ref_msg_id in self._waiters:
-                    self._resolve(frame.ref_msg_id, frame)
-                else:
-                    self._log.warn("relay.error", relay=self.url, code=frame.code, message=frame.message[:200])
-            elif isinstance(frame, Ping):
-                await self.send_frame(pong_for(frame))
-            elif isinstance(frame, Pong):
-                pass
+            else:
+                self._log.warn("relay.error", relay=self.url, code=frame.code, message=frame.message[:200])
+        elif isinstance(frame, Ping):
+            await self.send_frame(pong_for(frame))
 
     async def _pinger(self) -> None:
         while True:

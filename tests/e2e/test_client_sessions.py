@@ -70,8 +70,8 @@ class RelayProc:
     scope: trio.CancelScope
 
 
-async def start_relay(nursery: trio.Nursery, db: Path, port: int = 0) -> RelayProc:
-    config = RelayConfig(port=port, db=str(db), rate_limit_disabled=True, log_level="error")
+async def start_relay(nursery: trio.Nursery, db: Path, port: int = 0, hmac_secret: str | None = None) -> RelayProc:
+    config = RelayConfig(port=port, db=str(db), rate_limit_disabled=True, log_level="error", hmac_secret=hmac_secret)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
@@ -259,3 +259,33 @@ async def test_undecryptable_frames_are_counted_and_the_session_survives(
     assert alice.manager.counters.undecryptable == 3
     await alice.manager.send_message(bob.pk, "and back")
     assert (await bob.next_message()).text == "and back"
+
+
+async def test_reconnect_resumes_with_the_session_token(world: tuple[RelayProc, Agent, Agent],
+                                                       nursery: trio.Nursery) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    conn = alice.manager.connection(relay.url)
+    assert (conn.connects, conn.resumes) == (1, 0)
+    relay.scope.cancel()
+    with trio.fail_after(10):
+        await conn.wait_disconnected()
+    await start_relay_again(nursery, relay)  # same database, so the same kept HMAC secret
+    await bob.manager.send_message(alice.pk, "after resume")
+    assert (await alice.next_message()).text == "after resume"
+    assert (conn.connects, conn.resumes) == (2, 1)
+
+
+async def test_a_refused_token_falls_back_to_a_full_hello(tmp_path: Path, nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery, tmp_path / "relay.db", hmac_secret="a" * 40)
+    alice = await start_agent(nursery, tmp_path / "alice", "alice")
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    await pair(alice, bob, relay.url)
+    conn = alice.manager.connection(relay.url)
+    relay.scope.cancel()
+    with trio.fail_after(10):
+        await conn.wait_disconnected()
+    await start_relay(nursery, relay.db, port=relay.port, hmac_secret="b" * 40)  # rotated: old tokens invalid
+    await bob.manager.send_message(alice.pk, "after rotation")
+    assert (await alice.next_message()).text == "after rotation"
+    assert conn.resumes == 0 and conn.connects == 2
