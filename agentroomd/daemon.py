@@ -24,6 +24,7 @@ import traceback
 import trio
 
 from agentroomd.client.service import run_sessions
+from agentroomd.client.store import StoreError
 from agentroomd.config import Config, ConfigError, Paths, load_config, prepare_dirs, resolve_paths
 from agentroomd.context import DaemonContext, Service, Shutdown
 from agentroomd.control.connection import Gauge
@@ -183,7 +184,7 @@ def _report_failure(log: Logger, exc: BaseException) -> int:
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
         leaf = leaf.exceptions[0]
-    if isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | OSError):
+    if isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | StoreError | OSError):
         log.error("startup_failed", error=str(leaf))
     else:
         log.error("crashed", error=repr(leaf), traceback="".join(traceback.format_exception(exc)))

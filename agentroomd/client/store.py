@@ -130,7 +130,11 @@ class ClientStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open client database {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot open the client database {self.path}: {exc}. It holds your sessions and messages, so it "
+                "is left as it is: restore it from a backup, or move it aside to start over (peers then need new "
+                "invites)"
+            ) from exc
 
     def close(self) -> None:
         self._db.close()

@@ -5,11 +5,12 @@ a sender that streams messages over one control connection while the receiving d
 are killed with SIGKILL and started again.
 """
 
+import subprocess
 import threading
 from collections.abc import Iterator
 
 import pytest
-from procs import Agent, Relay, pair, short_dir
+from procs import BIN, Agent, Relay, isolated_env, pair, short_dir
 
 FAST_CLIENT = "[client]\nack_timeout_s = 0.5\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n"
 COUNT = 1000
@@ -86,3 +87,17 @@ def test_relay_killed_mid_stream_loses_and_duplicates_nothing(world: tuple[Relay
     with alice.client() as client:
         assert alice.send(client, bob.pk, "after the crash") in ("delivered", "queued")
     assert bob.ctl("listen", "--since", "0", "--count", "1", "--timeout", "30")["text"] == "after the crash"
+
+
+def test_a_corrupt_client_database_is_a_clear_error_and_is_never_replaced() -> None:
+    home = short_dir("ar-corrupt-")
+    garbage = b"not a database, " * 400
+    (home / "client.db").write_bytes(garbage)
+    agent = Agent(home)
+    done = subprocess.run([str(BIN / "agentroomctl"), "--home", str(home), "status"], capture_output=True,
+                          text=True, timeout=60, check=False, env=isolated_env())
+    assert done.returncode == 3
+    assert f"cannot open the client database {home / 'client.db'}" in done.stderr
+    assert "move it aside" in done.stderr
+    assert (home / "client.db").read_bytes() == garbage
+    agent.stop()
