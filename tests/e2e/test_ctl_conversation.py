@@ -1,0 +1,53 @@
+"""The user's path, only through agentroomctl: invite, accept, send both ways, listen, peers, stop."""
+
+from collections.abc import Iterator
+
+import pytest
+from procs import Agent, Relay, short_dir
+
+
+@pytest.fixture
+def world() -> Iterator[tuple[Relay, Agent, Agent]]:
+    root = short_dir("ar-ctl-")
+    relay = Relay(root).start()
+    alice, bob = Agent(root / "a"), Agent(root / "b")
+    try:
+        yield relay, alice, bob
+    finally:
+        alice.stop()
+        bob.stop()
+        relay.stop()
+
+
+def test_conversation_through_agentroomctl_with_stable_json_shapes(world: tuple[Relay, Agent, Agent]) -> None:
+    relay, alice, bob = world
+    invite = alice.ctl("invite", "create", "--relay", relay.url, "--ttl", "1h")
+    assert invite["url"].startswith("agentroom://invite/")
+    assert {"url", "invite_id", "expires_at"} <= invite.keys()
+    accepted = bob.ctl("invite", "accept", invite["url"])
+    assert accepted["peer"] == alice.pk
+
+    sent = bob.ctl("send", alice.pk[:10], "hello from bob")
+    assert sent["status"] in ("delivered", "queued") and sent["msg_id"]
+    first = alice.ctl("listen", "--since", "0", "--count", "1", "--timeout", "20")
+    assert first["from"] == bob.pk and first["text"] == "hello from bob" and first["msg_id"] == sent["msg_id"]
+    assert isinstance(first["ts"], int) and first["cursor"] >= 1
+
+    reply = alice.ctl("send", bob.pk, "hi bob, multi\nline ✓")
+    assert reply["status"] in ("delivered", "queued")
+    got = bob.ctl("listen", "--since", "0", "--count", "1", "--timeout", "20")
+    assert got["text"] == "hi bob, multi\nline ✓"
+
+    again = alice.ctl("listen", "--since", str(first["cursor"]), "--count", "1", "--timeout", "0.5", check=False)
+    assert again["error"]["exit_code"] == 5  # nothing new after that cursor: the bounded wait ends
+    assert alice.ctl("peers") == {"peers": [{"pk": bob.pk, "alias": None, "relay": relay.url}]}
+
+    again_bob = bob.ctl("invite", "accept", invite["url"], check=False)
+    assert again_bob["error"]["type"] == "agentroom.AlreadyExists"
+    carol = Agent(alice.home.parent / "c")
+    try:
+        reused = carol.ctl("invite", "accept", invite["url"], check=False)
+        assert reused["error"]["exit_code"] == 7 and reused["error"]["type"] == "agentroom.InviteUsed"
+        assert carol.ctl("peers") == {"peers": []}
+    finally:
+        carol.stop()
