@@ -7,11 +7,19 @@ over the UTF-8 of the challenge *text* as received, not over its base64url-decod
 
 Verification never raises: a malformed key or signature (bad base64url, wrong length) is simply an
 invalid signature, as in the reference, where ``verify`` catches libsodium's exceptions.
+
+Every message is signed once and verified once, so the signed bytes are built with one f-string
+when the fields are plain strings and seq an exact integer: each string written by `js_string` and
+seq as its digits is what `js_stringify` writes for the object (tests/ratchet/test_fast_paths.py
+holds the two to the same bytes). The text of our own public key and the bytes of the peer's are
+cached: they are the same few keys on every message.
 """
+
+import functools
 
 from ratchet.encoding import b64u_decode, b64u_encode
 from ratchet.errors import EncodingError
-from ratchet.jsjson import js_stringify, js_utf8_encode
+from ratchet.jsjson import js_string, js_stringify, js_utf8_encode
 from ratchet.keys import KeyPair, verify
 
 __all__ = [
@@ -24,15 +32,43 @@ __all__ = [
     "verify_routed",
 ]
 
+_MAX_EXACT_INT = 2**53  # JSON.stringify writes every integer up to this magnitude as its digits
+_KEY_CACHE_SIZE = 256  # distinct keys kept decoded/encoded: a daemon talks to a handful of peers
+
 
 def routed_sig_input(from_pk: str, to_pk: str, seq: int, nonce: str) -> bytes:
     """The signed bytes of a routed frame: compact JSON of from, to, seq (a number) and nonce, in order."""
+    if (
+        type(seq) is int
+        and -_MAX_EXACT_INT <= seq <= _MAX_EXACT_INT
+        and type(from_pk) is str
+        and type(to_pk) is str
+        and type(nonce) is str
+    ):
+        # js_string output holds no surrogate code point, so strict UTF-8 is js_utf8_encode here.
+        return f'{_routed_prefix(from_pk, to_pk)}{seq},"nonce":{js_string(nonce)}}}'.encode()
+    return _reference_routed_sig_input(from_pk, to_pk, seq, nonce)
+
+
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _routed_prefix(from_pk: str, to_pk: str) -> str:
+    """``{"from":<from>,"to":<to>,"seq":`` for a pair of exact strings: the same on every message of a line."""
+    return f'{{"from":{js_string(from_pk)},"to":{js_string(to_pk)},"seq":'
+
+
+def _reference_routed_sig_input(from_pk: str, to_pk: str, seq: int, nonce: str) -> bytes:
     return js_utf8_encode(js_stringify({"from": from_pk, "to": to_pk, "seq": seq, "nonce": nonce}))
+
+
+_public_key_text = functools.lru_cache(maxsize=_KEY_CACHE_SIZE)(b64u_encode)
+_public_key_bytes = functools.lru_cache(maxsize=_KEY_CACHE_SIZE)(b64u_decode)
 
 
 def sign_routed(keypair: KeyPair, to_pk: str, seq: int, nonce: str) -> str:
     """base64url Ed25519 signature of a routed frame sent by ``keypair`` (``from`` is its Ed25519 key)."""
-    message = routed_sig_input(b64u_encode(keypair.ed25519_pk), to_pk, seq, nonce)
+    public_key = keypair.ed25519_pk
+    from_pk = _public_key_text(public_key) if type(public_key) is bytes else b64u_encode(public_key)
+    message = routed_sig_input(from_pk, to_pk, seq, nonce)
     return b64u_encode(keypair.sign(message))
 
 
@@ -61,7 +97,7 @@ def verify_b64u(ed25519_pk_b64u: str, message: bytes, sig_b64u: str) -> bool:
     if not isinstance(ed25519_pk_b64u, str) or not isinstance(sig_b64u, str):
         return False
     try:
-        public_key = b64u_decode(ed25519_pk_b64u)
+        public_key = _public_key_bytes(ed25519_pk_b64u)
         signature = b64u_decode(sig_b64u)
     except EncodingError:
         return False
