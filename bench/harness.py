@@ -1,0 +1,433 @@
+"""What the end-to-end benches share: real relay and daemon processes, a trio control client, the table.
+
+Every bench here measures real processes the way a user runs them: `agentroomd relay` and
+`agentroomd run --home DIR` as subprocesses (the daemon reports readiness on `--ready-fd`, as it
+does for an autostarting `agentroomctl`), driven over their Unix control sockets with the same
+NDJSON JSON-RPC framing the CLI uses (`agentroomd.control.framing`). The control client is async
+(trio) so that one bench process can hold many connections and time arrivals without threads.
+
+`Row` is one line of a bench's table: ours, the baseline measured in the same run, their ratio and
+the target; every bench returns ``{"bench": name, "rows": [row dicts], "ok": bool, ...}``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from agentroomd.config import resolve_paths
+from agentroomd.control import api
+from agentroomd.control.framing import MAX_LINE_BYTES, LineBuffer, decode, encode
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+# A daemon that reconnects quickly and gives up waiting for an ACK soon: benches and the soak kill relays.
+FAST_CLIENT_TOML = """\
+[daemon]
+log_level = "warn"
+
+[client]
+reconnect_initial_s = 0.05
+reconnect_max_s = 0.5
+ack_timeout_s = {ack_timeout_s}
+"""
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+@attrs.frozen
+class Row:
+    """One measurement beside its baseline. ``ratio`` is ours/baseline; ``ok`` is None when there is no target."""
+
+    bench: str
+    name: str
+    unit: str
+    ours: float
+    baseline: float | None
+    ratio: float | None
+    target: str
+    ok: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def row(
+    bench: str,
+    name: str,
+    unit: str,
+    ours: float,
+    baseline: float | None = None,
+    *,
+    ratio_at_least: float | None = None,
+    ratio_at_most: float | None = None,
+    below: float | None = None,
+    baseline_label: str = "",
+) -> Row:
+    """A row with its verdict: the target applies to the ratio (at least / at most) or to ``ours`` (below)."""
+    ratio = ours / baseline if baseline else None
+    target, ok = "", None
+    if ratio_at_least is not None:
+        target, ok = f"ratio >= {ratio_at_least:g}", ratio is not None and ratio >= ratio_at_least
+    elif ratio_at_most is not None:
+        target, ok = f"ratio <= {ratio_at_most:g}", ratio is not None and ratio <= ratio_at_most
+    elif below is not None:
+        target, ok = f"< {below:g} {unit}", ours < below
+    if baseline_label:
+        name = f"{name} [vs {baseline_label}]"
+    return Row(bench, name, unit, ours, baseline, ratio, target, ok)
+
+
+def format_row(r: Row | dict[str, Any], width: int = 60) -> str:
+    d = r.as_dict() if isinstance(r, Row) else r
+
+    def number(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+    name = f"{d['name']} ({d['unit']})"
+    verdict = "" if d["ok"] is None else ("ok" if d["ok"] else "MISSED")
+    ratio = "-" if d["ratio"] is None else f"{d['ratio']:.2f}"
+    return (
+        f"{d['bench']:10} {name:{width}} {number(d['ours']):>11} {number(d['baseline']):>11} {ratio:>7}  "
+        f"{d['target'] or '-':15} {verdict}"
+    )
+
+
+def print_rows(rows: list[Row] | list[dict[str, Any]], notes: list[str] | None = None) -> None:
+    """The table: a header, one line per row, then the notes (skipped columns, what a number means)."""
+    dicts = [r.as_dict() if isinstance(r, Row) else r for r in rows]
+    width = max([len(f"{d['name']} ({d['unit']})") for d in dicts] + [11])
+    print(f"{'bench':10} {'measurement':{width}} {'ours':>11} {'baseline':>11} {'ratio':>7}  {'target':15} verdict")
+    for d in dicts:
+        print(format_row(d, width), flush=True)
+    for note in notes or []:
+        print(f"  note: {note}")
+
+
+def result(bench: str, rows: list[Row], **extra: Any) -> dict[str, Any]:
+    """The dict every bench returns: its rows, whether every target was met, and bench-specific details."""
+    return {"bench": bench, "rows": [r.as_dict() for r in rows], "ok": all(r.ok is not False for r in rows), **extra}
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(len(ordered) * fraction) - 1)]
+
+
+# --------------------------------------------------------------------------------------------- /proc
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def short_dir(prefix: str) -> Path:
+    """A directory under /tmp with a short path: Unix socket paths must fit in 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def isolated_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTROOM_", "XDG_"))}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    env.update(extra)
+    return env
+
+
+async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """One line (b"" at EOF); the caller bounds the wait."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
+async def _reap(process: trio.Process, grace_s: float = 10) -> None:
+    with trio.move_on_after(grace_s) as waited:
+        await process.wait()
+    if waited.cancelled_caught:
+        process.kill()
+        await process.wait()
+
+
+# --------------------------------------------------------------------------------------------- relay
+
+
+class RelayProcess:
+    """`agentroomd relay` as a subprocess; `kill()` is SIGKILL, `start()` again reuses its port and database."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.db = workdir / "relay.db"
+        self.port = 0
+        self.url = ""
+        self.process: trio.Process | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self) -> RelayProcess:
+        command = [sys.executable, "-m", "agentroomd", "relay", "--port", str(self.port), "--db", str(self.db),
+                   "--home", str(self.workdir)]
+        with (self.workdir / "relay.log").open("ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                command, stdout=subprocess.PIPE, stderr=log, cwd=self.workdir,
+                env=isolated_env(RATE_LIMIT_DISABLED="1", LOG_LEVEL="warn"),
+            )
+        assert self.process.stdout is not None
+        with trio.fail_after(START_TIMEOUT_S):
+            line = await _read_line(self.process.stdout)
+        if not line:
+            raise RuntimeError(f"relay exited before it was ready: {self.log_tail()}")
+        ready = json.loads(line)
+        self.port, self.url = int(ready["port"]), str(ready["url"])
+        self.starts += 1
+        return self
+
+    def log_tail(self) -> str:
+        try:
+            return (self.workdir / "relay.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+        await self._close_pipes()
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await _reap(self.process)
+        await self._close_pipes()
+
+    async def _close_pipes(self) -> None:
+        assert self.process is not None
+        if self.process.stdout is not None:
+            await self.process.stdout.aclose()
+
+
+# -------------------------------------------------------------------------------------------- daemons
+
+
+class DaemonProcess:
+    """`agentroomd run --home DIR` as a subprocess, ready when it writes "ready" to the --ready-fd pipe."""
+
+    def __init__(self, home: Path, *, ack_timeout_s: float = 10.0, config: str | None = None) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        text = config if config is not None else FAST_CLIENT_TOML.format(ack_timeout_s=ack_timeout_s)
+        (home / "agentroom.toml").write_text(text)
+        self.socket = resolve_paths(home, env={}).socket_path
+        self.process: trio.Process | None = None
+        self.ready_s = 0.0  # seconds from spawn to "ready" of the last start
+        self.starts = 0
+        self.pk = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self) -> DaemonProcess:
+        ready_read, ready_write = os.pipe()
+        command = [sys.executable, "-m", "agentroomd", "run", "--home", str(self.home), "--ready-fd", str(ready_write)]
+        started = time.perf_counter()
+        try:
+            with (self.home / "agentroomd.log").open("ab") as log:
+                self.process = await trio.lowlevel.open_process(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_write,),
+                    cwd=self.home, env=isolated_env(),
+                )
+        finally:
+            os.close(ready_write)
+        async with trio.lowlevel.FdStream(ready_read) as ready:
+            with trio.fail_after(START_TIMEOUT_S):
+                line = await _read_line(ready)
+        if b"ready" not in line:
+            raise RuntimeError(f"agentroomd in {self.home} did not become ready: {self.log_tail()}")
+        self.ready_s = time.perf_counter() - started
+        self.starts += 1
+        return self
+
+    def log_tail(self) -> str:
+        try:
+            return (self.home / "agentroomd.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await _reap(self.process, 20)
+
+
+# ---------------------------------------------------------------------------------------- control client
+
+
+class ControlGone(Exception):
+    """The daemon closed the control connection (or died) before answering."""
+
+
+@attrs.define
+class _Pending:
+    done: trio.Event = attrs.Factory(trio.Event)
+    reply: dict[str, Any] | None = None
+
+
+class Control:
+    """One JSON-RPC connection to a daemon's control socket; replies by id, notifications on a channel.
+
+    Use through `open_control`, which runs the reader task. The daemon answers the requests of one
+    connection in order, so concurrent senders each want their own connection.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._send_lock = trio.Lock()
+        self._notify_send, self.notifications = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self.closed = False
+
+    async def call(self, spec: api.MethodSpec[Any, Any], params: Any = None) -> Any:
+        """Call ``spec``; the structured result, or api.RpcError / ControlGone."""
+        raw = api.params_converter.unstructure(params if params is not None else spec.params())
+        return api.results_converter.structure(await self.request(spec.name, raw), spec.result)
+
+    async def request(self, method: str, params: dict[str, Any]) -> Any:
+        if self.closed:
+            raise ControlGone("control connection closed")
+        request_id = next(self._ids)
+        pending = self._pending[request_id] = _Pending()
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(
+                    encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+                )
+            await pending.done.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ControlGone(str(exc)) from exc
+        finally:
+            self._pending.pop(request_id, None)
+        reply = pending.reply
+        if reply is None:
+            raise ControlGone(f"daemon went away before answering {method}")
+        if "error" in reply:
+            raise api.RpcError.from_json(reply["error"])
+        return reply.get("result")
+
+    async def _read(self) -> None:
+        buffer = LineBuffer(MAX_LINE_BYTES)
+        try:
+            while True:
+                line = buffer.next_line()
+                if line is None:
+                    data = await self._stream.receive_some(65_536)
+                    if not data:
+                        return
+                    buffer.feed(data)
+                    continue
+                message = decode(line)
+                if "id" not in message:
+                    self._notify_send.send_nowait(message)
+                    continue
+                pending = self._pending.get(message["id"])
+                if pending is not None:
+                    pending.reply = message
+                    pending.done.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return  # the daemon died: pending calls fail below
+        finally:
+            self.closed = True
+            self._notify_send.close()
+            for pending in self._pending.values():
+                pending.done.set()
+
+
+@asynccontextmanager
+async def open_control(path: Path) -> AsyncIterator[Control]:
+    stream = await trio.open_unix_socket(str(path))
+    control = Control(stream)
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(control._read)
+        try:
+            yield control
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def whoami(daemon: DaemonProcess) -> str:
+    async with open_control(daemon.socket) as control:
+        daemon.pk = (await control.call(api.IDENTITY_SHOW)).pk
+    return daemon.pk
+
+
+async def pair(host: DaemonProcess, guest: DaemonProcess, relay_url: str) -> None:
+    """An invite from ``host`` accepted by ``guest`` through ``relay_url``: a session both ways."""
+    async with open_control(host.socket) as h, open_control(guest.socket) as g:
+        invite = await h.call(api.INVITE_CREATE, api.InviteCreateParams(relay=relay_url))
+        accepted = await g.call(api.INVITE_ACCEPT, api.InviteAcceptParams(url=invite.url))
+    if not host.pk:
+        await whoami(host)
+    if accepted.peer != host.pk:
+        raise RuntimeError(f"invite accepted for {accepted.peer}, expected {host.pk}")
+
+
+@asynccontextmanager
+async def processes(cleanup: list[Callable[[], Any]]) -> AsyncIterator[None]:
+    """Run the async stop functions in ``cleanup`` (last first) on the way out, shielded from cancellation."""
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            for stop in reversed(cleanup):
+                await stop()
+
+
+def measure_run_time(command: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+    """Wall seconds of ``command`` run to completion ``runs`` times (blocking; for short CLI processes)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, env=env or isolated_env(), timeout=60)
+        times.append(time.perf_counter() - started)
+    return times

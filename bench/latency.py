@@ -1,0 +1,179 @@
+"""Turn latency: `message.send` on daemon A until `message.received` on daemon B's subscription.
+
+Real processes on loopback: `agentroomd relay`, two `agentroomd run` daemons paired through it, and
+this bench driving both over their control sockets. One message at a time: the clock starts when
+the `message.send` request is written to A's socket and stops when B's notification for that
+message is read, so the number is what an agent waiting for its peer's turn sees (A's encrypt,
+sign, SQLite commit, the relay's routing, B's verify, decrypt, SQLite commit, the subscription).
+
+The ceiling, measured in the same run and interleaved block by block with ours so machine noise
+hits both alike: the same payload through a bare WebSocket echo on the same stack (hypercorn +
+trio-websocket; bench.relay's bare forwarder with the client as its own peer). Target: p50 at most 3x.
+
+    .venv/bin/python -m bench.latency [--messages 1000] [--size 256] [--blocks 10]
+
+Exit status 1 when the target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import trio
+import trio_websocket
+
+from bench.harness import (
+    Control,
+    DaemonProcess,
+    RelayProcess,
+    open_control,
+    pair,
+    percentile,
+    print_rows,
+    result,
+    row,
+    short_dir,
+    whoami,
+)
+from bench.relay import server_process
+
+P50_TARGET = 3.0
+
+
+class Turns:
+    """Sends on A and times each message until B's subscription reports it."""
+
+    def __init__(self, sender: Control, receiver: Control, peer: str, size: int) -> None:
+        self.sender, self.receiver, self.peer = sender, receiver, peer
+        self.pad = "x" * size
+        self.arrived: dict[str, trio.Event] = {}
+        self.arrival_ns: dict[str, int] = {}
+
+    async def listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from agentroomd.control import api
+
+        await self.receiver.call(api.MESSAGE_SUBSCRIBE, api.SubscribeParams())
+        task_status.started()
+        async for note in self.receiver.notifications:
+            if note.get("method") != api.MESSAGE_RECEIVED:
+                continue
+            key = note["params"]["message"]["text"][:40]
+            self.arrival_ns[key] = time.perf_counter_ns()
+            event = self.arrived.get(key)
+            if event is not None:
+                event.set()
+
+    async def turn(self, index: int) -> tuple[float, float]:
+        """(ms until B got it, ms until A's message.send answered)."""
+        from agentroomd.control import api
+
+        key = f"{index:08d}-{uuid.uuid4().hex}"[:40]
+        event = self.arrived[key] = trio.Event()
+        started = time.perf_counter_ns()
+        reply = await self.sender.call(api.MESSAGE_SEND, api.MessageSendParams(peer=self.peer, text=key + self.pad))
+        answered = time.perf_counter_ns()
+        if reply.status != "delivered":
+            raise RuntimeError(f"message.send answered {reply.status!r}: the peer should be online")
+        with trio.fail_after(30):
+            await event.wait()
+        del self.arrived[key]
+        return (self.arrival_ns.pop(key) - started) / 1e6, (answered - started) / 1e6
+
+
+async def echo_round_trips(port: int, payload: str, count: int) -> list[float]:
+    """ms per round trip of ``payload`` through the bare forwarder, the client being its own peer."""
+    name = uuid.uuid4().hex
+    samples = []
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=2**22) as ws:
+        await ws.send_message(name)
+        assert await ws.get_message() == "ok"
+        message = f"{name}|{payload}"
+        for _ in range(count):
+            started = time.perf_counter_ns()
+            await ws.send_message(message)
+            await ws.get_message()
+            samples.append((time.perf_counter_ns() - started) / 1e6)
+    return samples
+
+
+async def run(messages: int = 1000, size: int = 256, blocks: int = 10, warmup: int = 50) -> dict[str, Any]:
+    root = short_dir("ar-lat-")
+    relay = RelayProcess(root / "relay")
+    relay.workdir.mkdir()
+    alice, bob = DaemonProcess(root / "a"), DaemonProcess(root / "b")
+    ours: list[float] = []
+    send_answer: list[float] = []
+    echo: list[float] = []
+    per_block = max(1, messages // blocks)
+    payload = "x" * (40 + size)
+    try:
+        await relay.start()
+        await alice.start()
+        await bob.start()
+        await pair(bob, alice, relay.url)
+        bob_pk = await whoami(bob)
+        workdir = root / "bare"
+        workdir.mkdir()
+        async with (
+            server_process("bare", workdir) as bare,
+            open_control(alice.socket) as sender,
+            open_control(bob.socket) as receiver,
+            trio.open_nursery() as nursery,
+        ):
+            turns = Turns(sender, receiver, bob_pk, size)
+            await nursery.start(turns.listen)
+            for i in range(warmup):
+                await turns.turn(-1 - i)
+            await echo_round_trips(bare.port, payload, warmup)
+            done = 0
+            while done < messages:
+                count = min(per_block, messages - done)
+                for i in range(done, done + count):
+                    to_b, answered = await turns.turn(i)
+                    ours.append(to_b)
+                    send_answer.append(answered)
+                echo += await echo_round_trips(bare.port, payload, count)
+                done += count
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            for daemon in (alice, bob):
+                await daemon.stop()
+            await relay.stop()
+
+    rows = [
+        row("latency", f"turn p50, {size} B text", "ms", statistics.median(ours), statistics.median(echo),
+            ratio_at_most=P50_TARGET, baseline_label="bare WS echo p50"),
+        row("latency", f"turn p99, {size} B text", "ms", percentile(ours, 0.99), percentile(echo, 0.99),
+            baseline_label="bare WS echo p99"),
+        row("latency", "message.send answered (relay ACK) p50", "ms", statistics.median(send_answer),
+            statistics.median(echo), baseline_label="bare WS echo p50"),
+    ]
+    return result(
+        "latency", rows, messages=messages, size=size,
+        turn_ms={"p50": statistics.median(ours), "p99": percentile(ours, 0.99), "max": max(ours)},
+        send_answer_ms={"p50": statistics.median(send_answer), "p99": percentile(send_answer, 0.99)},
+        echo_ms={"p50": statistics.median(echo), "p99": percentile(echo, 0.99), "max": max(echo)},
+        workdir=str(root),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000, help="timed turns (default 1000)")
+    parser.add_argument("--size", type=int, default=256, help="characters of text per message (default 256)")
+    parser.add_argument("--blocks", type=int, default=10, help="alternate ours/echo in this many blocks")
+    args = parser.parse_args(argv)
+    outcome = trio.run(lambda: run(args.messages, args.size, args.blocks))
+    print(f"turn latency: {args.messages} messages, one at a time, relay + 2 daemons on loopback")
+    print_rows(outcome["rows"])
+    return 0 if outcome["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
