@@ -25,6 +25,7 @@ from ratchet.v3 import (
     respond,
     start_handshake,
 )
+from ratchet.v3.errors import V3Error
 from ratchet.v3.primitives import frame_digest, kdf_ck
 from ratchet.v3.session import Opened, Sealed
 from ratchet.v3.state import session_from_json, session_to_json
@@ -174,7 +175,10 @@ def resealed(frame: RoutedFields, inner: bytes, signer: KeyPair, *, seq: int | N
     session's secrets), so the outer checks pass and only the inner authentication can refuse it.
     """
     if seq is None:
-        seq = MessageHeader.parse(inner).n if len(inner) >= MESSAGE_HEADER_BYTES and inner[1] in (3, 4) else 0
+        try:
+            seq = MessageHeader.parse(inner).n
+        except V3Error:  # not a well-formed message: keep what the frame said
+            seq = frame.seq
     nonce = b64u(frame_digest(inner))
     return attrs.evolve(
         frame,
