@@ -289,6 +289,7 @@ def pending_to_json(pending: PendingHandshake) -> bytes:
 def pending_from_json(data: bytes) -> PendingHandshake:
     doc = _load(data, PENDING_FORMAT, _PendingDoc)
     own_pk = _pk(doc.own_pk, "own_pk")
+    invite_id = _invite_id(doc.invite_id, "invite_id")
     if doc.claim.from_pk != own_pk or doc.claim.invite_id != doc.invite_id:
         raise StateFormatError("the stored claim does not belong to this pending handshake")
     for text, what in ((doc.claim.ciphertext, "claim.ciphertext"), (doc.claim.nonce, "claim.nonce")):
@@ -300,7 +301,7 @@ def pending_from_json(data: bytes) -> PendingHandshake:
         own_pk=own_pk,
         inviter_pk=_pk(doc.inviter_pk, "inviter_pk"),
         inviter_x25519_pk=_key(doc.inviter_x25519_pk, "inviter_x25519_pk"),
-        invite_id=_invite_id(doc.invite_id, "invite_id"),
+        invite_id=invite_id,
         expires_at=_time(doc.expires_at, "expires_at"),
         server_url=doc.server_url,
         features=doc.features,
