@@ -43,12 +43,21 @@ from ratchet.handshake import HandshakeError, accept_invite, check_session_ack, 
 from ratchet.invite import SignedInvite, create_invite, parse_invite_url
 from ratchet.keys import KeyPair
 from ratchet.rand import SYSTEM_RANDOM, RandomSource
-from ratchet.session import DecryptError, Session, decrypt, encrypt, session_from_json, session_to_json
+from ratchet.session import (
+    DecryptError,
+    Session,
+    decrypt,
+    encrypt,
+    prune_skipped,
+    session_from_json,
+    session_to_json,
+)
 from ratchet.signatures import sign_routed, verify_routed
 
 MAX_PLAINTEXT_BYTES = 147_440  # 196,608 base64url chars of ciphertext, minus the 16-byte MAC
 INVITE_GRACE_MS = 30_000
 RETRY_DELAY_S = 1.0
+PRUNE_INTERVAL_S = 300.0
 
 
 class ClientError(Exception):
@@ -138,7 +147,24 @@ class SessionManager:
             for url in sorted(relays):
                 self.connection(url)
             task_status.started(self)
-            await trio.sleep_forever()
+            await self._prune_skipped_keys_forever()
+
+    async def _prune_skipped_keys_forever(self) -> None:
+        while True:
+            await self.prune_expired_keys()
+            await trio.sleep(PRUNE_INTERVAL_S)
+
+    async def prune_expired_keys(self) -> int:
+        """Erase expired skipped message keys from memory and from disk; returns how many sessions changed."""
+        changed = 0
+        for pk in list(self._sessions):
+            async with self._lock(pk):
+                pruned = prune_skipped(self._sessions[pk], self.clock_ms())
+                if pruned is not self._sessions[pk]:
+                    await self.store.call(self.store.set_peer_state, pk, session_to_json(pruned))
+                    self._sessions[pk] = pruned
+                    changed += 1
+        return changed
 
     def connection(self, url: str) -> RelayConnection:
         """The connection to ``url``, started on first use (with its outbox sender)."""

@@ -289,3 +289,25 @@ async def test_a_refused_token_falls_back_to_a_full_hello(tmp_path: Path, nurser
     await bob.manager.send_message(alice.pk, "after rotation")
     assert (await alice.next_message()).text == "after rotation"
     assert conn.resumes == 0 and conn.connects == 2
+
+
+async def test_expired_skipped_keys_are_erased_from_disk(world: tuple[RelayProc, Agent, Agent]) -> None:
+    """A message that never arrives leaves a skipped key; after its lifetime it is gone from the saved state."""
+    from ratchet.session import encrypt, session_from_json, session_to_json
+
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    # bob seals one message that is lost on the way (never sent), then sends the next one normally
+    lost_state, _ = encrypt(bob.manager._sessions[alice.pk], b"lost", bob.manager.clock_ms(), bob.manager.rng)
+    bob.manager._sessions[alice.pk] = lost_state
+    await bob.manager.send_message(alice.pk, "arrives")
+    assert (await alice.next_message()).text == "arrives"
+    saved = session_from_json(alice.store.peer(bob.pk).state)  # type: ignore[union-attr]
+    assert len(saved.skipped) == 1
+    assert await alice.manager.prune_expired_keys() == 0  # not expired yet
+    real_clock = alice.manager.clock_ms
+    alice.manager.clock_ms = lambda: real_clock() + 6 * 60 * 1000
+    assert await alice.manager.prune_expired_keys() == 1
+    saved = session_from_json(alice.store.peer(bob.pk).state)  # type: ignore[union-attr]
+    assert saved.skipped == ()
+    assert session_to_json(saved) == session_to_json(alice.manager._sessions[bob.pk])
