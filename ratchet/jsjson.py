@@ -106,6 +106,8 @@ def js_string(text: str) -> str:
     """``JSON.stringify(text)`` for one string: quoted, escaped as JS escapes it."""
     if type(text) is not str:  # a subclass may override what the fast path relies on
         return _reference_quote(text)
+    if len(text) < _LONG_STRING and text.isascii():  # keys, ids, base64url: the common case, inline
+        return _encode_basestring(text)
     out: list[str] = []
     _write_string(text, out)
     return out[0] if len(out) == 1 else "".join(out)
@@ -286,6 +288,12 @@ def _write(value: object, out: list[str], indent: str, level: int) -> None:
                 _write(item, out, indent, level + 1)
             separator = comma
         out.append("\n" + indent * level + "]" if indent else "]")
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
     else:
         _reference_write(value, out, indent, level, _write)
 
