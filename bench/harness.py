@@ -146,6 +146,18 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What each open fd of ``pid`` points at (sockets and pipes by kind only), sorted: to name a leak."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        found.append(target.split(":")[0] if target.startswith(("socket:", "pipe:", "anon_inode:")) else target)
+    return sorted(found)
+
+
 def short_dir(prefix: str) -> Path:
     """A directory under /tmp with a short path: Unix socket paths must fit in 108 bytes."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

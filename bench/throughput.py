@@ -1,0 +1,270 @@
+"""Relay throughput across loads bench.relay does not cover: 1, 10 and 100 pairs, and an offline recipient.
+
+bench.relay measures the live path at one load (8 pairs) against a bare forwarder on the same stack;
+this bench reuses its servers, protocol client and load generator (`server_process`, `measure_load`,
+`RelayAgent`) and adds:
+
+* **the sweep**: routed messages/s with 1, 10 and 100 sender/receiver pairs (a fixed total of
+  messages split across the pairs), for the relay, the bare forwarder in the same stack (hypercorn +
+  trio), and a bare forwarder of the same few lines on Node's `ws` (the transport the TypeScript
+  agentroom relay is built on). `ws` is installed with npm into a temporary folder; without `node`
+  and `npm` (or when the install fails) that column is skipped and the reason printed.
+* **store-and-forward**: the recipients are offline. Senders send; the relay validates, stores in
+  SQLite and answers ACK "queued" (messages/s until the last ACK). Then the recipients connect,
+  authenticate (acknowledging deliveries, as daemons do) and drain their queues (messages/s from
+  the first connect until the last delivery). Baseline: the bare forwarder's live rate at the same
+  number of pairs (it has no store; it is the ceiling of what the stack moves).
+
+Target for every relay row: at least 0.5x the bare forwarder in the same stack. The Node column has
+no target; it says where the TypeScript relay's transport stands.
+
+    .venv/bin/python -m bench.throughput [--total 12000] [--pairs 1,10,100] [--offline-pairs 10]
+                                         [--offline-messages 400] [--window 16] [--size 256] [--no-node]
+
+Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from bench.harness import print_rows, result, row
+from bench.relay import THROUGHPUT_TARGET, LoadResult, RelayAgent, Server, measure_load, server_process
+
+NPM_TIMEOUT_S = 120
+RELAY_QUEUE_CAP = 500  # the relay's default max_pending_msgs per recipient
+
+NODE_FORWARDER = r"""
+// The bare forwarder of bench/relay.py on Node's ws: the first text names the client, then
+// "<peer>|<payload>" goes to that peer. No JSON, no ACK, no store.
+const { WebSocketServer } = require("ws");
+const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, maxPayload: 4 << 20 });
+const peers = new Map();
+wss.on("listening", () => console.log(JSON.stringify({ event: "ready", port: wss.address().port })));
+wss.on("connection", (ws) => {
+  let name = null;
+  ws.on("message", (data) => {
+    const text = data.toString();
+    if (name === null) { name = text; peers.set(name, ws); ws.send("ok"); return; }
+    const bar = text.indexOf("|");
+    const target = peers.get(text.slice(0, bar));
+    if (target !== undefined) target.send(text.slice(bar + 1));
+  });
+  ws.on("close", () => { if (name !== null && peers.get(name) === ws) peers.delete(name); });
+});
+process.on("SIGTERM", () => process.exit(0));
+"""
+
+
+# ---------------------------------------------------------------------------------------- Node ws forwarder
+
+
+async def install_node_ws(folder: Path) -> str | None:
+    """Install `ws` into ``folder`` and write the forwarder there; None on success, else why the column is skipped."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return "node and npm are not both on PATH"
+    command = [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--loglevel=error", "ws@8"]
+    try:
+        with trio.fail_after(NPM_TIMEOUT_S):
+            done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    except trio.TooSlowError:
+        return f"npm install ws did not finish within {NPM_TIMEOUT_S} s"
+    if done.returncode != 0:
+        return f"npm install ws failed (exit {done.returncode}): {done.stderr.decode(errors='replace')[-300:]}"
+    (folder / "forwarder.js").write_text(NODE_FORWARDER)
+    return None
+
+
+@asynccontextmanager
+async def node_server(folder: Path) -> AsyncIterator[Server]:
+    node = shutil.which("node")
+    assert node is not None
+    env = {**os.environ, "NODE_PATH": str(folder / "node_modules")}
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, [node, str(folder / "forwarder.js")], stdout=subprocess.PIPE, check=False,
+                    cwd=folder, env=env)
+        )
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(1)
+                if not chunk:
+                    raise RuntimeError("node forwarder exited before it was ready")
+                line += chunk
+        try:
+            yield Server(process, int(json.loads(line)["port"]))
+        finally:
+            process.terminate()
+            with trio.move_on_after(10):
+                await process.wait()
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------------- store-and-forward
+
+
+async def _send_offline(port: int, sender: RelayAgent, to: str, messages: int, size: int, window: int) -> None:
+    """Send ``messages`` MSG frames to an absent agent, ``window`` unanswered at most; every ACK must say queued."""
+    pad = "A" * size
+    slots = trio.Semaphore(window)
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=2**22) as ws:
+        await sender.hello(ws, port, False)
+
+        async def acks() -> None:
+            for _ in range(messages):
+                reply = await ws.get_message()
+                if '"queued"' not in reply:
+                    raise RuntimeError(f"expected ACK queued, got {reply[:200]}")
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(acks)
+            for seq in range(messages):
+                await slots.acquire()
+                await ws.send_message(sender.msg(to, seq, pad))
+
+
+async def _drain(port: int, receiver: RelayAgent, messages: int) -> None:
+    """Connect, authenticate acknowledging deliveries, and take ``messages`` DELIVERY frames."""
+    async with trio_websocket.open_websocket_url(
+        f"ws://127.0.0.1:{port}/ws", max_message_size=2**22, message_queue_size=64
+    ) as ws:
+        await receiver.hello(ws, port, True)
+        for _ in range(messages):
+            text = await ws.get_message()
+            assert isinstance(text, str) and '"DELIVERY"' in text, text[:200]
+            ref = text[text.index('"msg_id":"') + 10 :][:36]
+            await ws.send_message(
+                f'{{"v":2,"type":"DELIVERY_ACK","msg_id":"{uuid.uuid4()}","ts":1,"ref_msg_id":"{ref}"}}'
+            )
+
+
+async def measure_offline(port: int, pairs: int, messages: int, size: int, window: int) -> tuple[float, float]:
+    """(stored msg/s, drained msg/s) with ``pairs`` senders each writing to its own absent recipient."""
+    senders = [RelayAgent() for _ in range(pairs)]
+    receivers = [RelayAgent() for _ in range(pairs)]
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for sender, receiver in zip(senders, receivers, strict=True):
+            nursery.start_soon(_send_offline, port, sender, receiver.pk, messages, size, window)
+    stored = pairs * messages / (time.perf_counter() - started)
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for receiver in receivers:
+            nursery.start_soon(_drain, port, receiver, messages)
+    drained = pairs * messages / (time.perf_counter() - started)
+    return stored, drained
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+async def _sweep(kind: str, server: Server, pair_counts: list[int], total: int, size: int, window: int,
+                 cpu: dict[str, dict[int, float]]) -> dict[int, LoadResult]:
+    client_kind = "relay" if kind == "relay" else "bare"
+    await measure_load(client_kind, server.port, 2, 200, size, window, False)  # warm-up
+    rates: dict[int, LoadResult] = {}
+    for pairs in pair_counts:
+        per_pair = max(1, total // pairs)
+        cpu_before = server.cpu_s()
+        rates[pairs] = await measure_load(client_kind, server.port, pairs, per_pair, size, window, False)
+        cpu.setdefault(kind, {})[pairs] = (server.cpu_s() - cpu_before) / (pairs * per_pair) * 1e6
+    return rates
+
+
+async def run(
+    total: int = 12_000,
+    pair_counts: tuple[int, ...] = (1, 10, 100),
+    offline_pairs: int = 10,
+    offline_messages: int = 400,
+    window: int = 16,
+    size: int = 256,
+    node: bool = True,
+) -> dict[str, Any]:
+    if offline_messages > RELAY_QUEUE_CAP:
+        raise ValueError(f"offline messages per recipient must be at most the relay's queue cap {RELAY_QUEUE_CAP}")
+    counts = sorted(set(pair_counts) | {offline_pairs})
+    live: dict[str, dict[int, LoadResult]] = {}
+    cpu_us: dict[str, dict[int, float]] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="ar-tput-") as tmp:
+        node_skipped = "disabled (--no-node)" if not node else await install_node_ws(Path(tmp))
+        for kind in ("bare", "relay"):
+            workdir = Path(tmp) / kind
+            workdir.mkdir()
+            async with server_process(kind, workdir) as server:
+                live[kind] = await _sweep(kind, server, counts, total, size, window, cpu_us)
+                if kind == "relay":
+                    stored, drained = await measure_offline(server.port, offline_pairs, offline_messages, size,
+                                                            window)
+        if node_skipped is None:
+            async with node_server(Path(tmp)) as server:
+                live["node"] = await _sweep("node", server, counts, total, size, window, cpu_us)
+        else:
+            notes.append(f"Node ws column skipped: {node_skipped}")
+
+    rows = []
+    for pairs in pair_counts:
+        ours, bare = live["relay"][pairs].rate, live["bare"][pairs].rate
+        label = f"{pairs} pair{'s' if pairs > 1 else ''}"
+        rows.append(row("throughput", f"live, {label}", "msg/s", ours, bare, ratio_at_least=THROUGHPUT_TARGET,
+                        baseline_label="bare hypercorn+trio forwarder"))
+        if "node" in live:
+            rows.append(row("throughput", f"live, {label}", "msg/s", ours, live["node"][pairs].rate,
+                            baseline_label="bare Node ws forwarder"))
+    bare_at = live["bare"][offline_pairs].rate
+    rows.append(row("throughput", f"offline recipient: store, {offline_pairs} pairs", "msg/s", stored, bare_at,
+                    ratio_at_least=THROUGHPUT_TARGET, baseline_label="bare forwarder live"))
+    rows.append(row("throughput", f"offline recipient: drain on connect, {offline_pairs} pairs", "msg/s", drained,
+                    bare_at, ratio_at_least=THROUGHPUT_TARGET, baseline_label="bare forwarder live"))
+    notes.append(f"{total} messages per live run, window {window}, {size}-character ciphertext; offline: "
+                 f"{offline_pairs} x {offline_messages} messages")
+    return result(
+        "throughput", rows, notes=notes, node_skipped=node_skipped,
+        live={kind: {str(p): {"rate": r.rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                              "server_cpu_us": cpu_us[kind][p]} for p, r in by.items()}
+              for kind, by in live.items()},
+        offline={"pairs": offline_pairs, "messages": offline_messages, "stored_rate": stored,
+                 "drained_rate": drained},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--total", type=int, default=12_000, help="messages per live run, split across pairs")
+    parser.add_argument("--pairs", default="1,10,100", help="pair counts of the live sweep (default 1,10,100)")
+    parser.add_argument("--offline-pairs", type=int, default=10)
+    parser.add_argument("--offline-messages", type=int, default=400, help=f"per recipient, <= {RELAY_QUEUE_CAP}")
+    parser.add_argument("--window", type=int, default=16, help="messages in flight per pair (default 16)")
+    parser.add_argument("--size", type=int, default=256, help="ciphertext characters per message (default 256)")
+    parser.add_argument("--no-node", action="store_true", help="skip the Node ws column")
+    args = parser.parse_args(argv)
+    pair_counts = tuple(int(p) for p in args.pairs.split(","))
+    outcome = trio.run(lambda: run(args.total, pair_counts, args.offline_pairs, args.offline_messages, args.window,
+                                   args.size, not args.no_node))
+    print("relay throughput")
+    print_rows(outcome["rows"], outcome["notes"])
+    return 0 if outcome["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
