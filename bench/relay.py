@@ -278,6 +278,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     server_cpu_us: float = 0.0  # server CPU time per routed message
+    server_busy: float = 0.0  # server CPU time / wall time: 1.0 means the server was the bottleneck
+    client_busy: float = 0.0  # the load generator's CPU time / wall time
 
 
 async def measure_load(
@@ -288,14 +290,15 @@ async def measure_load(
     async def one() -> None:
         results.append(await _run_pair(kind, port, messages, size, window, acks))
 
-    start = time.perf_counter()
+    start, client_cpu = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(pairs):
             nursery.start_soon(one)
     elapsed = time.perf_counter() - start
     latencies = sorted(ns for r in results for ns in r.latencies_ns)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return LoadResult(len(latencies) / elapsed, statistics.median(latencies) / 1e6, p99 / 1e6)
+    client_busy = (time.process_time() - client_cpu) / elapsed
+    return LoadResult(len(latencies) / elapsed, statistics.median(latencies) / 1e6, p99 / 1e6, client_busy=client_busy)
 
 
 # ---------------------------------------------------------------------- idle memory
@@ -359,8 +362,10 @@ async def run(args: argparse.Namespace) -> int:
                 result = await measure_load(
                     kind, server.port, args.pairs, args.messages, args.size, args.window, args.acks
                 )
-                cpu_us = (server.cpu_s() - cpu_before) / (args.pairs * args.messages) * 1e6
-                results[kind] = attrs.evolve(result, server_cpu_us=cpu_us)
+                cpu = server.cpu_s() - cpu_before
+                cpu_us = cpu / (args.pairs * args.messages) * 1e6
+                busy = cpu / (args.pairs * args.messages / result.rate)
+                results[kind] = attrs.evolve(result, server_cpu_us=cpu_us, server_busy=busy)
         workdir = Path(tmp) / "idle"
         workdir.mkdir()
         async with server_process("relay", workdir) as server:
@@ -375,7 +380,8 @@ async def run(args: argparse.Namespace) -> int:
         r = results[kind]
         print(
             f"  {label:18} {r.rate:9.0f} msg/s   p50 {r.p50_ms:7.2f} ms   p99 {r.p99_ms:7.2f} ms"
-            f"   server CPU {r.server_cpu_us:6.0f} us/msg"
+            f"   server CPU {r.server_cpu_us:4.0f} us/msg (busy {r.server_busy:4.0%},"
+            f" load generator {r.client_busy:4.0%})"
         )
     ratio = results["relay"].rate / results["bare"].rate
     print(f"  throughput ratio relay/bare = {ratio:.2f} (target >= {THROUGHPUT_TARGET})")

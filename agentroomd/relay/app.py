@@ -329,7 +329,7 @@ class RelayApp:
 
     async def _ack(self, conn: Connection, ref: str, status: AckStatus, error: str | None = None) -> None:
         if error is None:
-            await conn.send_text(ack_text(self.rng.uuid4(), self.wall_ms(), ref, status))
+            await conn.send_text(ack_text(self.hub.new_id(), self.wall_ms(), ref, status))
         else:
             await conn.send_text(serialize_frame(make_ack(self.rng, self.wall_ms(), ref, status, error=error)))
 
@@ -442,7 +442,7 @@ class RelayApp:
             await self._error(conn, "INVALID_SIG", "INVITE_CLAIM signature verification failed", frame.msg_id)
             return
         envelope = routed_text(routed_from_claim(frame, invite.inviter_pk))
-        row_id = self.rng.uuid4()
+        row_id = self.hub.new_id()
         inviter = invite.inviter_pk
         self.hub.begin_insert(inviter)
         try:

@@ -19,9 +19,9 @@ from agentroomd.relay.connection import Connection
 from agentroomd.relay.metrics import Metrics
 from agentroomd.relay.outbox import OutItem
 from agentroomd.relay.store import RelayStore
-from agentroomd.relay.wire import delivery_text, routed_text
+from agentroomd.relay.wire import FastIds, delivery_text, routed_text
 from ratchet.frames import KeyLayout, Routed
-from ratchet.rand import RandomSource
+from ratchet.rand import SYSTEM_RANDOM, RandomSource
 
 RouteResult = Literal["delivered", "queued", "queue_full"]
 
@@ -43,6 +43,8 @@ class Hub:
         self.metrics = metrics
         self.log = log
         self.rng = rng
+        # Ids of the relay's own frames and rows: the fast generator unless randomness is injected (tests).
+        self.new_id: Callable[[], str] = FastIds().uuid4 if rng is SYSTEM_RANDOM else rng.uuid4
         self.now_ms = now_ms
         self.agents: dict[str, Connection] = {}
         self._inserting: Counter[str] = Counter()
@@ -93,11 +95,11 @@ class Hub:
         envelope = routed_text(routed, KeyLayout.PARSED)
         conn = self.agents.get(to)
         if conn is not None and not conn.acks_deliveries:
-            text = delivery_text(self.rng.uuid4(), self.now_ms(), envelope)
+            text = delivery_text(self.new_id(), self.now_ms(), envelope)
             if conn.offer(OutItem(text, is_delivery=True), None):
                 self.metrics.inc("messages_delivered_total")
                 return "delivered"
-        row_id = self.rng.uuid4()
+        row_id = self.new_id()
         self._inserting[to] += 1
         try:
             ord_ = await self.store.enqueue(to, row_id, envelope, self.now_ms() // 1000, self.config.max_pending_msgs)

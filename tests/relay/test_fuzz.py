@@ -99,7 +99,7 @@ SEEDS = seed_frames(FUZZER, PEER)
 
 
 @settings(
-    max_examples=80,
+    max_examples=60,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

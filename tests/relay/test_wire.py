@@ -1,10 +1,12 @@
 """The relay's fast wire texts are byte-identical to `serialize_frame` (which matches the reference)."""
 
+import uuid
+
 import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentroomd.relay.wire import ack_text, delivery_text, routed_text
+from agentroomd.relay.wire import FastIds, ack_text, delivery_text, routed_text
 from ratchet.frames import Ack, Delivery, KeyLayout, Msg, SessionAck, SessionInit, serialize_frame
 
 UUIDS = st.uuids(version=4).map(str)
@@ -52,3 +54,12 @@ def test_routed_and_delivery_texts_match_serialize_frame(frame: Msg, delivery_id
 def test_ack_text_matches_serialize_frame(msg_id: str, ts: int, ref: str, status: str) -> None:
     expected = serialize_frame(Ack(msg_id=msg_id, ts=ts, ref_msg_id=ref, status=status))  # type: ignore[arg-type]
     assert ack_text(msg_id, ts, ref, status) == expected
+
+
+def test_fast_ids_are_random_version_4_uuids() -> None:
+    ids = FastIds()
+    drawn = [ids.uuid4() for _ in range(1000)]  # more than one 4 KiB pool
+    assert len(set(drawn)) == 1000
+    for text in drawn:
+        value = uuid.UUID(text)
+        assert str(value) == text and value.version == 4 and value.variant == uuid.RFC_4122
