@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS peers (
     relay_url TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     state BLOB NOT NULL,
-    handshake TEXT NOT NULL DEFAULT 'established'
+    handshake TEXT NOT NULL DEFAULT 'established',
+    version INTEGER NOT NULL DEFAULT 2
 );
 CREATE UNIQUE INDEX IF NOT EXISTS peers_alias ON peers(alias) WHERE alias IS NOT NULL;
 CREATE TABLE IF NOT EXISTS invites (
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS invites (
     expires_at INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     redeemed_by TEXT,
-    options TEXT NOT NULL DEFAULT '{}'
+    options TEXT NOT NULL DEFAULT '{}',
+    version INTEGER NOT NULL DEFAULT 2
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,6 +66,10 @@ CREATE TABLE IF NOT EXISTS journal (
 """
 
 
+_PEER_COLUMNS = "pk, alias, relay_url, created_at, state, handshake, version"
+_INVITE_COLUMNS = "invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options, version"
+
+
 class StoreError(Exception):
     """The client database failed; the message names the file and what to do."""
 
@@ -80,6 +86,7 @@ class PeerRow:
     created_at: int
     state: bytes
     handshake: str
+    version: int = 2  # protocol of the session: 2 (the reference's) or 3 (ours)
 
 
 @attrs.frozen
@@ -91,6 +98,7 @@ class InviteRow:
     created_at: int
     redeemed_by: str | None
     options: str
+    version: int = 2
 
 
 @attrs.frozen
@@ -129,6 +137,7 @@ class ClientStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot open the client database {self.path}: {exc}. It holds your sessions and messages, so it "
@@ -138,6 +147,13 @@ class ClientStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Columns added after the first release: add them to an older database in place."""
+        for table in ("peers", "invites"):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if "version" not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN version INTEGER NOT NULL DEFAULT 2")
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one store method in a worker thread; a cancel waits for the statement to finish."""
@@ -182,19 +198,20 @@ class ClientStore:
     # -- peers ----------------------------------------------------------------------------------
 
     def peers(self) -> list[PeerRow]:
-        rows = self._query("SELECT pk, alias, relay_url, created_at, state, handshake FROM peers ORDER BY created_at")
+        rows = self._query(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY created_at")
         return [PeerRow(*r) for r in rows]
 
     def peer(self, pk: str) -> PeerRow | None:
-        rows = self._query("SELECT pk, alias, relay_url, created_at, state, handshake FROM peers WHERE pk = ?", (pk,))
+        rows = self._query(f"SELECT {_PEER_COLUMNS} FROM peers WHERE pk = ?", (pk,))
         return PeerRow(*rows[0]) if rows else None
 
     def add_peer(self, pk: str, relay_url: str, state: bytes, handshake: str, alias: str | None = None,
-                 invite_id: str | None = None) -> bool:
+                 invite_id: str | None = None, version: int = 2, meta: dict[str, str] | None = None) -> bool:
         """Insert a new peer; False when the peer already exists (a duplicate SESSION_INIT is ignored).
 
         With ``invite_id`` the invite is marked redeemed in the same transaction, so an invite can
-        create at most one session even if two SESSION_INITs race.
+        create at most one session even if two SESSION_INITs race; ``meta`` (e.g. the v3 invite
+        registry that the redemption changed) is written in that transaction too.
         """
 
         def body(db: sqlite3.Connection) -> bool:
@@ -207,9 +224,12 @@ class ClientStore:
                 if cur.rowcount != 1:
                     return False
             db.execute(
-                "INSERT INTO peers (pk, alias, relay_url, created_at, state, handshake) VALUES (?, ?, ?, ?, ?, ?)",
-                (pk, alias, relay_url, _now_ms(), state, handshake),
+                "INSERT INTO peers (pk, alias, relay_url, created_at, state, handshake, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (pk, alias, relay_url, _now_ms(), state, handshake, version),
             )
+            for key, value in (meta or {}).items():
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
             return True
 
         return self._tx(body)
@@ -235,27 +255,35 @@ class ClientStore:
 
     # -- invites --------------------------------------------------------------------------------
 
-    def add_invite(self, invite_id: str, nonce: str, relay_url: str, expires_at: int, options: str = "{}") -> None:
-        self._tx(
-            lambda db: db.execute(
-                "INSERT INTO invites (invite_id, nonce, relay_url, expires_at, created_at, options)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (invite_id, nonce, relay_url, expires_at, _now_ms(), options),
+    def add_invite(self, invite_id: str, nonce: str, relay_url: str, expires_at: int, options: str = "{}",
+                   version: int = 2, meta: dict[str, str] | None = None) -> None:
+        """Remember an invite we issued (and, for v3, the registry holding its secret) in one transaction."""
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO invites (invite_id, nonce, relay_url, expires_at, created_at, options, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (invite_id, nonce, relay_url, expires_at, _now_ms(), options, version),
             )
-        )
+            for key, value in (meta or {}).items():
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+        self._tx(body)
+
+    def invite(self, invite_id: str) -> InviteRow | None:
+        rows = self._query(f"SELECT {_INVITE_COLUMNS} FROM invites WHERE invite_id = ?", (invite_id,))
+        return InviteRow(*rows[0]) if rows else None
 
     def invite_by_nonce(self, nonce: str) -> InviteRow | None:
         rows = self._query(
-            "SELECT invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options FROM invites"
-            " WHERE nonce = ?",
+            f"SELECT {_INVITE_COLUMNS} FROM invites WHERE nonce = ?",
             (nonce,),
         )
         return InviteRow(*rows[0]) if rows else None
 
     def invites(self) -> list[InviteRow]:
         rows = self._query(
-            "SELECT invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options FROM invites"
-            " ORDER BY created_at"
+            f"SELECT {_INVITE_COLUMNS} FROM invites ORDER BY created_at"
         )
         return [InviteRow(*r) for r in rows]
 
