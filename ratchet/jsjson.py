@@ -22,9 +22,10 @@ plain rules above (the ``_reference_*`` functions, kept as the specification) ev
   encoder behind ``json.dumps(s, ensure_ascii=False)``) writes: both escape only ``"``, ``\\`` and
   U+0000..U+001F, with the same short forms (``\\b \\t \\n \\f \\r``) and lowercase ``\\u00xx``
   for the rest, and both write U+007F, U+2028 and U+2029 raw (JSON.stringify never escaped
-  those; canonical_json.json's "unicode_line_separators" case pins it). Only surrogates differ:
-  Python writes them raw, JS joins pairs and escapes lone ones, so such strings take the reference
-  path. A long ASCII string without any character to escape (a ciphertext) is found by one
+  those; the canonical_json.json case "strings: U+2028 / U+2029 are emitted raw" pins it). Only
+  surrogates differ: Python writes them raw, JS joins pairs and escapes lone ones, so such strings
+  take the reference path (test_fast_paths.py also checks the rule on every other code point). A
+  long ASCII string without any character to escape (a ciphertext) is found by one
   ``memchr`` per such character and copied as is;
 * an ``int`` of magnitude up to 2**53 is an exact double, and ``Number::toString`` prints it as its
   decimal digits, i.e. ``str(n)``; beyond that, and for floats, the reference number path;
