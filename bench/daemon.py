@@ -19,6 +19,7 @@ Exit status 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -29,11 +30,11 @@ import trio
 from bench.harness import (
     DaemonProcess,
     RelayProcess,
+    finish,
     isolated_env,
     measure_run_time,
     open_control,
     pair,
-    print_rows,
     result,
     row,
     rss_kib,
@@ -46,7 +47,7 @@ READY_TARGET_S = 1.0
 SETTLE_S = 1.0
 
 
-async def _bare_trio_rss() -> float:
+async def _bare_trio_rss(settle_s: float) -> float:
     """MiB of a trio program doing nothing, measured like the daemon's."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-c", "import sys, trio; print('up', flush=True); trio.run(trio.sleep_forever)"],
@@ -56,7 +57,7 @@ async def _bare_trio_rss() -> float:
         assert process.stdout is not None
         with trio.fail_after(30):
             await process.stdout.receive_some(16)
-        await trio.sleep(SETTLE_S)
+        await trio.sleep(settle_s)
         return rss_kib(process.pid) / 1024
     finally:
         process.kill()
@@ -75,7 +76,9 @@ async def _call_times(path: Any, spec: Any, calls: int) -> list[float]:
     return times
 
 
-async def run(starts: int = 5, calls: int = 500, messages: int = 200, cli_runs: int = 5) -> dict[str, Any]:
+async def run(
+    starts: int = 5, calls: int = 500, messages: int = 200, cli_runs: int = 5, settle_s: float = SETTLE_S
+) -> dict[str, Any]:
     from agentroomd.control import api
 
     root = short_dir("ar-dmn-")
@@ -91,14 +94,14 @@ async def run(starts: int = 5, calls: int = 500, messages: int = 200, cli_runs: 
     floor_import = await trio.to_thread.run_sync(
         measure_run_time, [sys.executable, "-c", "import trio"], max(3, starts)
     )
-    floor_rss = await _bare_trio_rss()
+    floor_rss = await _bare_trio_rss(settle_s)
 
     relay = RelayProcess(root / "relay")
     relay.workdir.mkdir()
     alice, bob = DaemonProcess(root / "a"), DaemonProcess(root / "b")
     try:
         await alice.start()
-        await trio.sleep(SETTLE_S)
+        await trio.sleep(settle_s)
         fresh_rss = rss_kib(alice.pid) / 1024
         await relay.start()
         await bob.start()
@@ -107,7 +110,7 @@ async def run(starts: int = 5, calls: int = 500, messages: int = 200, cli_runs: 
         async with open_control(bob.socket) as control:
             for i in range(messages):
                 await control.call(api.MESSAGE_SEND, api.MessageSendParams(peer=alice_pk, text=f"warm {i}"))
-        await trio.sleep(SETTLE_S)
+        await trio.sleep(settle_s)
         paired_rss = rss_kib(alice.pid) / 1024
         status_ms = await _call_times(alice.socket, api.DAEMON_STATUS, calls)
         hello_ms = await _call_times(alice.socket, api.DAEMON_HELLO, calls)
@@ -119,6 +122,7 @@ async def run(starts: int = 5, calls: int = 500, messages: int = 200, cli_runs: 
             for daemon in (alice, bob):
                 await daemon.stop()
             await relay.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
     rows = [
         row("daemon", "idle RSS, fresh", "MiB", fresh_rss, floor_rss, below=RSS_TARGET_MIB,
@@ -147,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200, help="messages before the paired RSS (default 200)")
     args = parser.parse_args(argv)
     outcome = trio.run(lambda: run(args.starts, args.calls, args.messages))
-    print("daemon: memory, startup, status")
-    print_rows(outcome["rows"])
-    return 0 if outcome["ok"] else 1
+    return finish("daemon: memory, startup, status", outcome)
 
 
 if __name__ == "__main__":

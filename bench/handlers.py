@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from agentroomd.handlers import SHELL, HandlerLimits, HandlerOutcome, run_handler
-from bench.harness import print_rows, result, row
+from bench.harness import finish, result, row
 
 TARGET = 0.8
 COMMAND = "cat"
@@ -77,7 +77,8 @@ async def run(messages: int = 200, rounds: int = 3, concurrency: int = 4, size: 
         for width in (1, concurrency)
     ]
     overhead_us = (1 / best[("ours", 1)] - 1 / best[("floor", 1)]) * 1e6
-    return result("handlers", rows, messages=messages, rounds=rounds, concurrency=concurrency,
+    notes = [f"run_handler adds {overhead_us:.0f} us per message, one at a time"]
+    return result("handlers", rows, notes=notes, messages=messages, rounds=rounds, concurrency=concurrency,
                   overhead_us_per_message=overhead_us, cpus=os.cpu_count())
 
 
@@ -89,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="message characters (default 256)")
     args = parser.parse_args(argv)
     outcome = trio.run(lambda: run(args.messages, args.rounds, args.concurrency, args.size))
-    print(f"handlers: `{COMMAND}` once per message, best of {args.rounds} rounds x {args.messages} messages")
-    print_rows(outcome["rows"], [f"run_handler adds {outcome['overhead_us_per_message']:.0f} us per message"])
-    return 0 if outcome["ok"] else 1
+    title = f"handlers: `{COMMAND}` once per message, best of {args.rounds} rounds x {args.messages} messages"
+    return finish(title, outcome)
 
 
 if __name__ == "__main__":

@@ -94,30 +94,35 @@ def row(
     return Row(bench, name, unit, ours, baseline, ratio, target, ok)
 
 
-def format_row(r: Row | dict[str, Any], width: int = 60) -> str:
-    d = r.as_dict() if isinstance(r, Row) else r
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
-    def number(value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
-    name = f"{d['name']} ({d['unit']})"
-    verdict = "" if d["ok"] is None else ("ok" if d["ok"] else "MISSED")
-    ratio = "-" if d["ratio"] is None else f"{d['ratio']:.2f}"
-    return (
-        f"{d['bench']:10} {name:{width}} {number(d['ours']):>11} {number(d['baseline']):>11} {ratio:>7}  "
-        f"{d['target'] or '-':15} {verdict}"
-    )
+def table_lines(rows: list[Row] | list[dict[str, Any]], *, bench_column: bool = True) -> list[str]:
+    """A header and one aligned line per row: (bench,) measurement, ours, baseline, ratio, target, verdict."""
+    dicts = [r.as_dict() if isinstance(r, Row) else r for r in rows]
+    width = max([len(f"{d['name']} ({d['unit']})") for d in dicts] + [11])
+
+    def line(bench: str, *cells: str) -> str:
+        name, ours, baseline, ratio, target, verdict = cells
+        text = f"{name:{width}} {ours:>11} {baseline:>11} {ratio:>7}  {target:15} {verdict}".rstrip()
+        return f"{bench:10} {text}" if bench_column else text
+
+    lines = [line("bench", "measurement", "ours", "baseline", "ratio", "target", "verdict")]
+    for d in dicts:
+        verdict = "" if d["ok"] is None else ("ok" if d["ok"] else "MISSED")
+        ratio = "-" if d["ratio"] is None else f"{d['ratio']:.2f}"
+        lines.append(line(d["bench"], f"{d['name']} ({d['unit']})", _number(d["ours"]), _number(d["baseline"]), ratio,
+                          d["target"] or "-", verdict))
+    return lines
 
 
 def print_rows(rows: list[Row] | list[dict[str, Any]], notes: list[str] | None = None) -> None:
-    """The table: a header, one line per row, then the notes (skipped columns, what a number means)."""
-    dicts = [r.as_dict() if isinstance(r, Row) else r for r in rows]
-    width = max([len(f"{d['name']} ({d['unit']})") for d in dicts] + [11])
-    print(f"{'bench':10} {'measurement':{width}} {'ours':>11} {'baseline':>11} {'ratio':>7}  {'target':15} verdict")
-    for d in dicts:
-        print(format_row(d, width), flush=True)
+    """The table, then the notes (skipped columns, what a number means)."""
+    for line in table_lines(rows):
+        print(line, flush=True)
     for note in notes or []:
         print(f"  note: {note}")
 
@@ -125,6 +130,23 @@ def print_rows(rows: list[Row] | list[dict[str, Any]], notes: list[str] | None =
 def result(bench: str, rows: list[Row], **extra: Any) -> dict[str, Any]:
     """The dict every bench returns: its rows, whether every target was met, and bench-specific details."""
     return {"bench": bench, "rows": [r.as_dict() for r in rows], "ok": all(r.ok is not False for r in rows), **extra}
+
+
+RESULTS_ENV = "BENCH_RESULTS_FILE"
+
+
+def finish(title: str, outcome: dict[str, Any]) -> int:
+    """A bench's `main` ending: print its table, hand its dict to `python -m bench`, exit 1 on a missed target.
+
+    `python -m bench` runs each bench in its own process and names a file in ``$BENCH_RESULTS_FILE``;
+    the dict goes there as JSON, so the summary and bench/results.json carry every row.
+    """
+    print(title)
+    print_rows(outcome["rows"], outcome.get("notes"))
+    target = os.environ.get(RESULTS_ENV)
+    if target:
+        Path(target).write_text(json.dumps(outcome, indent=2, default=str))
+    return 0 if outcome["ok"] else 1
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -18,6 +18,7 @@ Exit status 1 when the target is missed.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -31,10 +32,10 @@ from bench.harness import (
     Control,
     DaemonProcess,
     RelayProcess,
+    finish,
     open_control,
     pair,
     percentile,
-    print_rows,
     result,
     row,
     short_dir,
@@ -145,6 +146,7 @@ async def run(messages: int = 1000, size: int = 256, blocks: int = 10, warmup: i
             for daemon in (alice, bob):
                 await daemon.stop()
             await relay.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
     rows = [
         row("latency", f"turn p50, {size} B text", "ms", statistics.median(ours), statistics.median(echo),
@@ -159,7 +161,6 @@ async def run(messages: int = 1000, size: int = 256, blocks: int = 10, warmup: i
         turn_ms={"p50": statistics.median(ours), "p99": percentile(ours, 0.99), "max": max(ours)},
         send_answer_ms={"p50": statistics.median(send_answer), "p99": percentile(send_answer, 0.99)},
         echo_ms={"p50": statistics.median(echo), "p99": percentile(echo, 0.99), "max": max(echo)},
-        workdir=str(root),
     )
 
 
@@ -170,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=10, help="alternate ours/echo in this many blocks")
     args = parser.parse_args(argv)
     outcome = trio.run(lambda: run(args.messages, args.size, args.blocks))
-    print(f"turn latency: {args.messages} messages, one at a time, relay + 2 daemons on loopback")
-    print_rows(outcome["rows"])
-    return 0 if outcome["ok"] else 1
+    return finish(f"turn latency: {args.messages} messages, one at a time, relay + 2 daemons on loopback", outcome)
 
 
 if __name__ == "__main__":

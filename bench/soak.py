@@ -28,6 +28,7 @@ import argparse
 import itertools
 import math
 import random
+import shutil
 import sys
 import time
 from collections import Counter
@@ -43,9 +44,9 @@ from bench.harness import (
     RelayProcess,
     fd_count,
     fd_targets,
+    finish,
     open_control,
     pair,
-    print_rows,
     result,
     row,
     rss_kib,
@@ -223,11 +224,13 @@ class Soak:
 
 
 def check_streams(streams: dict[tuple[int, int], Stream]) -> dict[str, int]:
-    counts = dict.fromkeys(("sent", "uncertain", "refused", "received", "missing", "duplicates", "out_of_order",
-                            "refused_but_received", "unknown_seq"), 0)
+    names = ("sent", "uncertain", "uncertain_received", "refused", "received", "missing", "duplicates",
+             "out_of_order", "refused_but_received", "unknown_seq")
+    counts = dict.fromkeys(names, 0)
     for stream in streams.values():
         counts["sent"] += len(stream.confirmed)
         counts["uncertain"] += len(stream.uncertain)
+        counts["uncertain_received"] += len(stream.uncertain & stream.arrived_set)
         counts["refused"] += len(stream.refused)
         counts["received"] += len(stream.arrived)
         counts["missing"] += len(stream.confirmed - stream.arrived_set)
@@ -317,10 +320,15 @@ async def run(minutes: float = 3.0, pairs: int = 100, fault_every: float = 10.0,
     rows.append(row("soak", "open fds, all processes", "fds", sum(a[1] for a in after.values()),
                     sum(b[1] for b in before.values()), ratio_at_most=1.0, baseline_label="start"))
     rows.append(row("soak", "processes holding more fds than at start", "procs", len(leaked), below=1))
-    return result("soak", rows, counts=counts, seed=seed, daemons=count, pairs=len(chosen), victim=victim,
-                  before={k: {"rss_kib": v[0], "fds": v[1]} for k, v in before.items()},
-                  after={k: {"rss_kib": v[0], "fds": v[1]} for k, v in after.items()},
-                  fd_leaks=leaked, send_errors=soak.send_errors, minutes=minutes, workdir=str(root))
+    outcome = result("soak", rows, counts=counts, seed=seed, daemons=count, pairs=len(chosen), victim=victim,
+                     before={k: {"rss_kib": v[0], "fds": v[1]} for k, v in before.items()},
+                     after={k: {"rss_kib": v[0], "fds": v[1]} for k, v in after.items()},
+                     fd_leaks=leaked, send_errors=soak.send_errors, minutes=minutes, notes=[])
+    if outcome["ok"]:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        outcome["notes"].append(f"logs and databases kept in {root} (seed {seed} replays the fault schedule)")
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: sends refused by the daemon: {outcome['send_errors']}")
     if outcome["fd_leaks"]:
         print(f"soak: more fds than at start: {outcome['fd_leaks']}")
-    print_rows(outcome["rows"])
+    status = finish("soak", outcome)
     print("soak:", "OK" if outcome["ok"] else "VIOLATION")
-    return 0 if outcome["ok"] else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from bench.harness import print_rows, result, row
+from bench.harness import finish, result, row
 from bench.relay import THROUGHPUT_TARGET, LoadResult, RelayAgent, Server, measure_load, server_process
 
 NPM_TIMEOUT_S = 120
@@ -261,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     pair_counts = tuple(int(p) for p in args.pairs.split(","))
     outcome = trio.run(lambda: run(args.total, pair_counts, args.offline_pairs, args.offline_messages, args.window,
                                    args.size, not args.no_node))
-    print("relay throughput")
-    print_rows(outcome["rows"], outcome["notes"])
-    return 0 if outcome["ok"] else 1
+    return finish("relay throughput", outcome)
 
 
 if __name__ == "__main__":
