@@ -85,6 +85,8 @@ def build_parser() -> Parser:
     accept = command("accept", "accept an invite URL from a peer", invite)
     accept.add_argument("url", help="agentroom://invite/...")
     accept.add_argument("--alias", help="a local name for the new peer")
+    _handler_options(accept, "answer the inviter's messages with CMD (kept across daemon restarts)")
+    accept.add_argument("--seed", help="send TEXT to the inviter right after accepting (counts as turn 1)")
     command("peers", "list peers with a session")
     send = command("send", "send one message to a peer", commands)
     send.add_argument("peer", help="full public key, unique prefix, or alias")
@@ -97,17 +99,34 @@ def build_parser() -> Parser:
     room = commands.add_parser("room", help="host a room: relay + tunnel + handler").add_subparsers(
         dest="room_command", metavar="open|list|status|stop", required=True, parser_class=Parser
     )
-    room_open = command("open", "open a room", room)
-    room_open.add_argument("--on-message", help="handler command run for every message")
-    room_open.add_argument("--no-tunnel", action="store_true", help="local relay only, no public tunnel")
-    room_open.add_argument("--name", help="a name for the room")
+    room_open = command("open", "open a room: a relay of its own, a tunnel, a single-use invite, a handler", room)
+    _handler_options(room_open, "answer the guest's messages with CMD")
+    room_open.add_argument("--tunnel", action=argparse.BooleanOptionalAction, default=True,
+                           help="a public URL through the [tunnel] provider (default), or a local relay only")
+    room_open.add_argument("--name", help="a unique name for the room, usable instead of its id")
+    room_open.add_argument("--port", type=_port, help="the room relay's port (default: any free one, kept)")
+    room_open.add_argument("--seed", help="send TEXT to the guest once it has joined (counts as turn 1)")
+    room_open.add_argument("--ttl", type=_duration_ms, help="the invite's lifetime, e.g. 24h (default 24h)")
     command("list", "list rooms", room)
     room_status = command("status", "show one room", room)
     room_status.add_argument("room_id", nargs="?", help="the room (default: the only one)")
     room_stop = command("stop", "stop a room", room)
     room_stop.add_argument("room_id", nargs="?", help="the room (default: the only one)")
     room_stop.add_argument("--all", action="store_true", help="stop every room")
+    serve = command("serve", "answer every peer without a handler of its own with CMD, until interrupted")
+    serve.add_argument("--on-message", required=True, metavar="CMD",
+                       help="run for every message: the text on stdin, the reply on stdout")
+    serve.add_argument("--max-turns", type=_count, default=0, metavar="N",
+                       help="stop once an exchange reaches N replies of ours (the seed included); 0: never")
+    serve.add_argument("--seed", help="first send TEXT to --to PEER (counts as turn 1)")
+    serve.add_argument("--to", metavar="PEER", help="the peer the seed goes to")
     return parser
+
+
+def _handler_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--on-message", metavar="CMD", help=what + " (via /bin/sh -c; text on stdin, reply on stdout)")
+    parser.add_argument("--max-turns", type=_count, default=0, metavar="N",
+                        help="end the exchange after N replies of ours, the seed included, telling the peer; 0: never")
 
 
 def _duration_ms(text: str) -> int:
@@ -124,6 +143,18 @@ def _duration_ms(text: str) -> int:
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
     return int(text)
 
 
@@ -262,11 +293,32 @@ def cmd_invite_create(args: argparse.Namespace, client: ControlClient) -> int:
 
 
 def cmd_invite_accept(args: argparse.Namespace, client: ControlClient) -> int:
+    if args.max_turns and not args.on_message:
+        raise UsageError("--max-turns needs --on-message")
+    if args.seed is not None and not args.seed:
+        raise UsageError("--seed: the message is empty")
+    # Messages from the inviter can only arrive after the accept: handle everything past this cursor.
+    since = client.call(api.DAEMON_STATUS).journal.last_cursor if args.on_message else None
     accepted = client.call(api.INVITE_ACCEPT, api.InviteAcceptParams(url=args.url, alias=args.alias))
+    document: dict[str, Any] = _result_json(accepted)
+    if args.on_message:
+        attached = client.call(api.HANDLER_ATTACH, api.HandlerAttachParams(
+            peer=accepted.peer, on_message=args.on_message, max_turns=args.max_turns, seed=args.seed, since=since))
+        document["handler"] = _result_json(attached.handler)
+        document["seed"] = _result_json(attached.seed)
+    elif args.seed is not None:
+        document["seed"] = _result_json(
+            client.call(api.MESSAGE_SEND, api.MessageSendParams(peer=accepted.peer, text=args.seed))
+        )
     if args.json:
-        _emit(_result_json(accepted))
+        _emit(document)
     else:
         print(f"Session established with {accepted.peer} (relay {accepted.relay})")
+        if args.on_message:
+            limit = f", at most {args.max_turns} turns" if args.max_turns else ""
+            print(f"Answering its messages with: {args.on_message}{limit}", file=sys.stderr)
+        if document.get("seed"):
+            print(f"Seed sent: {document['seed']['status']}", file=sys.stderr)
     return exitcodes.OK
 
 
@@ -423,10 +475,21 @@ def _poll_exit(pid: int, timeout: float) -> bool:
 
 
 def cmd_room_open(args: argparse.Namespace, client: ControlClient) -> int:
-    room = client.call(
-        api.ROOM_OPEN, api.RoomOpenParams(on_message=args.on_message, tunnel=not args.no_tunnel, name=args.name)
+    if args.seed is not None and not args.seed:
+        raise UsageError("--seed: the message is empty")
+    if args.max_turns and not args.on_message:
+        raise UsageError("--max-turns needs --on-message")
+    params = api.RoomOpenParams(
+        on_message=args.on_message, tunnel=args.tunnel, name=args.name, port=args.port, seed=args.seed,
+        max_turns=args.max_turns, ttl_ms=args.ttl,
     )
-    _print_rooms([room], args.json, single=True)
+    room = client.call(api.ROOM_OPEN, params)
+    if args.json:
+        _emit(_result_json(room))
+        return exitcodes.OK
+    _print_room(room)
+    if room.invite_url:
+        print(f"\nYour guest joins with:\n  agentroomctl invite accept '{room.invite_url}'", file=sys.stderr)
     return exitcodes.OK
 
 
@@ -434,38 +497,106 @@ def cmd_room_list(args: argparse.Namespace, client: ControlClient) -> int:
     listing = client.call(api.ROOM_LIST)
     if args.json:
         _emit(_result_json(listing))
+    elif not listing.rooms:
+        print("No rooms open: open one with `agentroomctl room open`.", file=sys.stderr)
     else:
-        _print_rooms(listing.rooms, False, single=False)
+        for room in listing.rooms:
+            where = room.public_url or room.relay_url or "-"
+            print(f"{room.room_id}  {room.name or '-'}  {room.state}  port {room.port}  {where}")
     return exitcodes.OK
 
 
 def cmd_room_status(args: argparse.Namespace, client: ControlClient) -> int:
     room = client.call(api.ROOM_STATUS, api.RoomRef(room_id=args.room_id))
-    _print_rooms([room], args.json, single=True)
+    if args.json:
+        _emit(_result_json(room))
+    else:
+        _print_room(room)
     return exitcodes.OK
 
 
 def cmd_room_stop(args: argparse.Namespace, client: ControlClient) -> int:
     if args.all and args.room_id:
-        raise UsageError("give a ROOM_ID or --all, not both")
+        raise UsageError("give a ROOM or --all, not both")
     stopped = client.call(api.ROOM_STOP, api.RoomStopParams(room_id=args.room_id, all=args.all))
     if args.json:
         _emit(_result_json(stopped))
     else:
-        print(f"stopped: {', '.join(stopped.stopped) or 'nothing'}")
+        print(f"stopped: {', '.join(stopped.stopped) or 'nothing (no room was open)'}", file=sys.stderr)
     return exitcodes.OK
 
 
-def _print_rooms(rooms: list[api.RoomInfo], as_json: bool, single: bool) -> None:
+def _print_room(room: api.RoomInfo) -> None:
+    print(f"{room.room_id}{f' ({room.name})' if room.name else ''}  {room.state}")
+    if room.relay_url:
+        print(f"  relay     {room.relay_url}")
+    if room.tunnel is not None:
+        restarts = f", {room.tunnel.restarts} restart(s)" if room.tunnel.restarts else ""
+        print(f"  public    {room.public_url or '-'}  (tunnel {room.tunnel.state}{restarts})")
+    if room.invite_url:
+        expires = f"  (single use, expires {_when(room.invite_expires_at)})" if room.invite_expires_at else ""
+        print(f"  invite    {room.invite_url}{expires}")
+    if room.peer:
+        print(f"  guest     {room.peer}")
+        print(f"  messages  {room.messages.received} received, {room.messages.sent} sent")
+    if room.handler is not None:
+        h = room.handler
+        turns = f"{h.turns}/{h.max_turns}" if h.max_turns else str(h.turns)
+        print(f"  handler   {h.command}")
+        print(f"            {h.runs} runs, {h.replies} replies, {h.failures} failures, {h.timeouts} timeouts, "
+              f"{h.truncated} truncated, {h.skipped} skipped; turns {turns}{f'; ended: {h.ended}' if h.ended else ''}")
+    if room.last_error:
+        print(f"  problem   {room.last_error}")
+
+
+def cmd_serve(args: argparse.Namespace, client: ControlClient) -> int:
+    """Stream the serve's events until it is done (max-turns), the daemon stops, or we are interrupted."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends `serve` like Ctrl-C: exit 0
+    if args.seed is not None and not args.to:
+        raise UsageError("--seed needs --to PEER")
+    if args.seed is not None and not args.seed:
+        raise UsageError("--seed: the message is empty")
+    started = client.call(
+        api.HANDLER_SERVE,
+        api.ServeParams(on_message=args.on_message, seed=args.seed, to=args.to, max_turns=args.max_turns),
+    )
+    _serve_event({"type": "serving", "pk": started.pk, "ts": int(time.time() * 1000)}, args.json)
+    while True:
+        note = client.next_notification(None)
+        if note is None:
+            continue
+        raw_params = note.get("params")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+        if note.get("method") != api.HANDLER_EVENT or params.get("serve") != started.serve:
+            continue
+        event = params.get("event")
+        if not isinstance(event, dict):
+            continue
+        if event.get("type") == "closed":
+            raise api.RpcError.from_json(event.get("error"))
+        _serve_event(event, args.json)
+        if event.get("type") == "done":
+            return exitcodes.OK
+
+
+def _serve_event(event: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _emit(_result_json(rooms[0]) if single else {"rooms": [_result_json(room) for room in rooms]})
+        _emit(event)
         return
-    if not rooms:
-        print("No rooms running.", file=sys.stderr)
-    for room in rooms:
-        print(f"{room.room_id}  {room.state}  {room.public_url or room.relay_url or '-'}")
-        if room.invite_url:
-            print(f"  invite: {room.invite_url}")
+    kind = event.get("type")
+    peer = str(event.get("from") or event.get("to") or event.get("peer") or "")[:12]
+    lines = {
+        "serving": f"serving as {event.get('pk')} (Ctrl-C to stop)",
+        "received": f"{peer}… -> {event.get('text')}",
+        "replied": f"{peer}… <- {event.get('text')}  (turn {event.get('turn')}{', seed' if event.get('seed') else ''})",
+        "no_reply": f"{peer}… handler printed nothing: no reply",
+        "handler_error": f"{peer}… handler failed: {event.get('error')}",
+        "send_error": f"{peer}… reply not sent: {event.get('error')}",
+        "skipped": f"{peer}… message not handled: {event.get('reason')}",
+        "done": f"{peer}… exchange ended ({event.get('reason')}) after {event.get('replies')} replies",
+    }
+    when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"[{when}] {lines.get(str(kind), json.dumps(event, ensure_ascii=False))}", file=sys.stderr)
 
 
 def _age(seconds: float) -> str:
@@ -491,4 +622,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ControlClient], int]] = {
     "room list": cmd_room_list,
     "room status": cmd_room_status,
     "room stop": cmd_room_stop,
+    "serve": cmd_serve,
 }

@@ -7,9 +7,15 @@
     └── trio.run(run_daemon)
         └── root nursery
             ├── signals           first SIGTERM/SIGINT: graceful stop; second: cancel everything now
+            ├── watchdog          WATCHDOG=1 to systemd every half $WATCHDOG_USEC (only when asked)
             ├── services          each `await root.start(...)`, in dependency order (see `start_services`)
             └── control socket    last: "the socket answers" means "every service is ready"
-            then: wait for a stop request -> shutdown hooks under [daemon] shutdown_grace_s -> cancel
+                                  (bound here, or the one systemd passed us with socket activation)
+            then: READY=1 -> wait for a stop request -> STOPPING=1 -> shutdown hooks under
+                  [daemon] shutdown_grace_s -> cancel
+
+Under systemd (Type=notify) the daemon says READY=1 with a STATUS= line once the control socket
+answers, STOPPING=1 when it starts to stop; everything systemd-related is a no-op elsewhere.
 
 Exit codes: 0 stopped cleanly, 1 failed (the last log line says why), 2 bad usage or config,
 3 another agentroomd already runs for this home.
@@ -18,8 +24,11 @@ Exit codes: 0 stopped cleanly, 1 failed (the last log line says why), 2 bad usag
 import argparse
 import os
 import signal
+import socket
 import sys
 import traceback
+from functools import partial
+from typing import Any
 
 import trio
 
@@ -38,6 +47,15 @@ from agentroomd.identity_store import IdentityStoreError, load_or_create_identit
 from agentroomd.lockfile import AlreadyRunningError, HomeLock
 from agentroomd.log import Logger, short_pk
 from agentroomd.relay.config import RelayConfigError, relay_config_from
+from agentroomd.rooms import run_rooms
+from agentroomd.systemd import (
+    SystemdError,
+    activated_control_socket,
+    notify_ready,
+    notify_stopping,
+    run_watchdog,
+    watchdog_period,
+)
 from agentroomd.tunnel import TunnelConfig, TunnelError
 from ratchet.identity import Identity
 
@@ -104,14 +122,21 @@ async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logg
     inbox = Inbox(MemoryJournal(config.daemon.journal_keep), config.daemon.subscriber_buffer)
     ctx = DaemonContext(paths=paths, config=config, identity=identity, log=log, methods=methods, inbox=inbox)
     log.info("starting", pid=os.getpid(), pk=short_pk(identity.pk), home=str(paths.state_dir))
+    activated = activated_control_socket()  # taken first: no child may inherit the LISTEN_* variables
+    watchdog = watchdog_period()
 
     async with trio.open_nursery() as root:
         await root.start(watch_signals, ctx.shutdown, root.cancel_scope, log)
+        if watchdog is not None:
+            await root.start(partial(run_watchdog, watchdog))
         await start_services(ctx, root)
 
         pumps = Gauge()
-        control = ControlServer(
-            paths.socket_path, methods, inbox, log, max_clients=config.daemon.max_control_clients, pumps=pumps
+        settings: dict[str, Any] = {"max_clients": config.daemon.max_control_clients, "pumps": pumps}
+        control = (
+            ControlServer(paths.socket_path, methods, inbox, log, **settings)
+            if activated is None
+            else ActivatedControlServer(activated, paths.socket_path, methods, inbox, log, **settings)
         )
         register_subscription_methods(methods, inbox, pumps)
         register_daemon_methods(ctx, control)
@@ -120,9 +145,11 @@ async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logg
 
         ctx.ready.set()
         _report_ready(ready_fd)
+        notify_ready(status=_status_line(ctx))
         log.info("ready", pid=os.getpid(), socket=str(paths.socket_path), pk=short_pk(identity.pk))
 
         await ctx.shutdown.requested.wait()
+        notify_stopping(status=f"stopping ({ctx.shutdown.reason})")
         log.info("stopping", reason=ctx.shutdown.reason, grace_s=config.daemon.shutdown_grace_s)
         with trio.move_on_after(config.daemon.shutdown_grace_s) as grace:
             await ctx.run_shutdown_hooks()
@@ -138,7 +165,7 @@ async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logg
 #   1. client sessions: relay connections, ratchet sessions, the durable journal (`ctx.inbox.use_journal`)
 #   2. rooms: the hosted relay and its tunnel, then the handlers (they consume the inbox)
 # The control socket comes after all of them (in `run_daemon`): when it answers, everything is ready.
-SERVICES: tuple[Service, ...] = (run_sessions,)
+SERVICES: tuple[Service, ...] = (run_sessions, run_rooms)
 
 
 async def start_services(ctx: DaemonContext, root: trio.Nursery) -> None:
@@ -167,6 +194,35 @@ async def watch_signals(
                 root_scope.cancel()
 
 
+class ActivatedControlServer(ControlServer):
+    """The control server on the listening socket systemd passed us (socket activation).
+
+    It never binds, and never unlinks the socket file: systemd owns both and keeps its own copy.
+    """
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._activated = sock
+
+    async def run(self, *, task_status: trio.TaskStatus[ControlServer] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._activated))
+        bound = self._activated.getsockname()
+        if bound != str(self.path):
+            self.log.warn("control_socket_elsewhere", activated=bound, expected=str(self.path))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._handle, [listener])
+                self.log.info("control_listening", socket=bound, activated=True)
+                task_status.started(self)
+        finally:
+            listener.socket.close()
+
+
+def _status_line(ctx: DaemonContext) -> str:
+    rooms = ctx.service_status().get("rooms", {}).get("rooms", 0)
+    return f"ready: {rooms} room(s); control socket {ctx.paths.socket_path}"
+
+
 def _report_ready(ready_fd: int | None) -> None:
     """Tell an autostarting agentroomctl that the socket answers (s6-style notification fd)."""
     if ready_fd is None:
@@ -184,7 +240,7 @@ def _report_failure(log: Logger, exc: BaseException) -> int:
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
         leaf = leaf.exceptions[0]
-    if isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | StoreError | OSError):
+    if isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | StoreError | SystemdError | OSError):
         log.error("startup_failed", error=str(leaf))
     else:
         log.error("crashed", error=repr(leaf), traceback="".join(traceback.format_exception(exc)))

@@ -65,6 +65,7 @@ RELAY_UNREACHABLE = ErrorKind(-32015, "agentroom.RelayUnreachable")
 NO_RELAY = ErrorKind(-32016, "agentroom.NoRelay")  # no relay given and none configured
 DISK_FULL = ErrorKind(-32017, "agentroom.DiskFull")  # nothing was saved; state is unchanged
 STORAGE_ERROR = ErrorKind(-32018, "agentroom.StorageError")  # a state file or database failed
+TUNNEL_UNAVAILABLE = ErrorKind(-32019, "agentroom.TunnelUnavailable")  # no tunnel binary, or no public URL in time
 
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(value for value in globals().values() if isinstance(value, ErrorKind))
 
@@ -290,27 +291,74 @@ class ClosedNotification:
     error: dict[str, Any]
 
 
-# rooms (filled in by the rooms issue)
+# rooms and handlers (agentroomd/rooms/)
 @attrs.frozen
 class RoomOpenParams:
-    on_message: str | None = None  # handler command; default: [handlers] of the config
-    tunnel: bool = True
-    name: str | None = None
+    on_message: str | None = None  # handler command run for every message from the guest; None: no auto-reply
+    tunnel: bool = True  # a public URL through the [tunnel] provider (default: a cloudflared quick tunnel)
+    name: str | None = None  # a unique name, usable wherever a room id is
+    port: int | None = None  # the room relay's port; None: any free one (kept across restarts)
+    seed: str | None = None  # first message to the guest, sent once the guest has joined
+    max_turns: int = 0  # end the exchange after this many replies of ours (seed included); 0: no limit
+    ttl_ms: int | None = None  # the invite's lifetime; default [client] invite_ttl_s
+
+
+@attrs.frozen
+class MessageCounts:
+    received: int = 0
+    sent: int = 0
+
+
+@attrs.frozen
+class HandlerInfo:
+    """An auto-reply handler attached to a room or a peer, and what it did so far."""
+
+    command: str
+    max_turns: int = 0
+    turns: int = 0  # our replies to the peer so far, the seed included
+    ended: str | None = None  # why the exchange ended: "max_turns" | "peer_ended" | "room_closed"
+    runs: int = 0
+    replies: int = 0
+    no_reply: int = 0
+    failures: int = 0  # non-zero exit, killed, could not start
+    timeouts: int = 0
+    truncated: int = 0  # replies cut at the stdout cap or the message size limit
+    send_failures: int = 0
+    skipped: int = 0  # messages not handled: loop guard, queue full, after the end
+    queued: int = 0  # messages waiting for (or in) a run now
+
+
+@attrs.frozen
+class TunnelInfo:
+    provider: str  # "cloudflared" | "command" | "fixed"
+    state: str  # "starting" | "running" | "backoff" | "fatal"
+    url: str | None = None  # the relay URL for guests (wss://.../ws), when running
+    public_url: str | None = None
+    restarts: int = 0
+    last_error: str | None = None
 
 
 @attrs.frozen
 class RoomInfo:
     room_id: str
     name: str | None
-    state: str
-    relay_url: str | None
-    public_url: str | None
-    invite_url: str | None
+    state: str  # "starting" | "waiting" (for the guest) | "connected" | "ended" | "expired" | "failed"
+    relay_url: str | None  # the room relay on this machine: ws://HOST:PORT/ws
+    public_url: str | None  # the relay URL guests use when tunnelled (wss://.../ws)
+    invite_url: str | None  # agentroom://invite/... (single use)
+    port: int = 0
+    invite_expires_at: int | None = None  # ms since the epoch
+    peer: str | None = None  # the guest's public key, once it joined
+    created_at: int = 0
+    messages: MessageCounts = MessageCounts()
+    handler: HandlerInfo | None = None
+    tunnel: TunnelInfo | None = None
+    last_error: str | None = None
 
 
 @attrs.frozen
 class RoomRef:
-    room_id: str | None = None  # None: the only room, if there is exactly one
+    room_id: str | None = None  # a room id or name; None: the only room, if there is exactly one
 
 
 @attrs.frozen
@@ -329,6 +377,45 @@ class RoomStopResult:
     stopped: list[str]
 
 
+# handler.attach / handler.detach: a handler for one peer, kept across restarts (the guest side of a room)
+@attrs.frozen
+class HandlerAttachParams:
+    peer: str  # a full public key, a unique prefix of one, or a local alias
+    on_message: str
+    max_turns: int = 0
+    seed: str | None = None  # sent to the peer right after attaching (counts as turn 1)
+    since: int | None = None  # also handle kept messages with a cursor above this; None: only new ones
+
+
+@attrs.frozen
+class HandlerAttachResult:
+    peer: str
+    handler: HandlerInfo
+    seed: MessageSendResult | None = None
+
+
+@attrs.frozen
+class HandlerDetachParams:
+    peer: str
+
+
+# handler.serve: a handler for every peer without one, for as long as this control connection stays open
+@attrs.frozen
+class ServeParams:
+    on_message: str
+    seed: str | None = None  # needs `to`
+    to: str | None = None
+    max_turns: int = 0  # the serve ends once an exchange reaches this many replies of ours
+
+
+@attrs.frozen
+class ServeResult:
+    serve: str  # names this serve in its notifications
+    pk: str  # our public key
+    cursor: int  # messages with a cursor above this are handled
+    seed: MessageSendResult | None = None
+
+
 DAEMON_HELLO = MethodSpec("daemon.hello", HelloParams, HelloResult, "what this daemon is and speaks")
 DAEMON_STATUS = MethodSpec("daemon.status", Empty, StatusResult, "process, identity, journal and service status")
 DAEMON_STOP = MethodSpec("daemon.stop", Empty, StopResult, "graceful shutdown, after answering")
@@ -344,6 +431,9 @@ ROOM_OPEN = MethodSpec("room.open", RoomOpenParams, RoomInfo, "host a relay + tu
 ROOM_LIST = MethodSpec("room.list", Empty, RoomListResult, "rooms this daemon hosts")
 ROOM_STATUS = MethodSpec("room.status", RoomRef, RoomInfo, "one room in detail")
 ROOM_STOP = MethodSpec("room.stop", RoomStopParams, RoomStopResult, "stop one room or all")
+HANDLER_ATTACH = MethodSpec("handler.attach", HandlerAttachParams, HandlerAttachResult, "auto-reply to one peer")
+HANDLER_DETACH = MethodSpec("handler.detach", HandlerDetachParams, Empty, "stop auto-replying to one peer")
+HANDLER_SERVE = MethodSpec("handler.serve", ServeParams, ServeResult, "auto-reply while this connection is open")
 
 ALL_METHODS: tuple[MethodSpec[Any, Any], ...] = (
     DAEMON_HELLO,
@@ -361,11 +451,17 @@ ALL_METHODS: tuple[MethodSpec[Any, Any], ...] = (
     ROOM_LIST,
     ROOM_STATUS,
     ROOM_STOP,
+    HANDLER_ATTACH,
+    HANDLER_DETACH,
+    HANDLER_SERVE,
 )
 
 # Notifications (server -> client, no id)
 MESSAGE_RECEIVED = "message.received"
 MESSAGE_CLOSED = "message.closed"
+# handler.serve: {"serve", "event": {"type": ..., "ts": ms, ...}}; the serve ended: {"serve", "error"|"done"}
+HANDLER_EVENT = "handler.event"
+HANDLER_CLOSED = "handler.closed"
 
 
 # ------------------------------------------------------------------------------------------- converters

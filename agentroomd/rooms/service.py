@@ -1,0 +1,483 @@
+"""Rooms and handlers as a daemon service: `room.*` and `handler.*` control methods, reopening at start.
+
+Who answers a peer: at most one of a room (its guest), a handler attached to the peer
+(`invite accept --on-message`, `handler.attach`), or the one running `serve` (every other peer).
+Rooms and attached handlers persist (see `agentroomd.rooms.state`) and come back on a daemon
+restart; a serve lives exactly as long as the control connection that asked for it.
+
+Graceful stop (a shutdown hook, run after the control plane has closed the inbox, so nothing new is
+taken): running handlers get to finish within the daemon's grace period, serves are told the daemon
+is stopping, then every room's relay closes its sockets with 1001 and its tunnel is stopped. Rooms'
+files stay as they are, so the next start reopens them on the same ports.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from agentroomd.client.manager import ClientError, SessionManager
+from agentroomd.client.service import rpc_error
+from agentroomd.context import DaemonContext
+from agentroomd.control import api
+from agentroomd.control.connection import Connection, ConnectionGoneError
+from agentroomd.control.rpc import Caller
+from agentroomd.files import ensure_private_dir
+from agentroomd.handlers import limits_from_table
+from agentroomd.log import short_pk
+from agentroomd.rooms.responder import Responder
+from agentroomd.rooms.room import Room, RoomDeps, describe_error
+from agentroomd.rooms.state import (
+    HANDLERS_DIR,
+    ROOM_FILE,
+    ROOMS_DIR,
+    AttachmentRecord,
+    Conversation,
+    RecordFile,
+    RoomRecord,
+    StateError,
+    decode,
+)
+from agentroomd.tunnel import TunnelConfig, TunnelError, resolve_cloudflared
+
+OPEN_TIMEOUT_S = 30.0  # without a tunnel: the relay, our connection to it and the invite
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SERVE_EVENT_BUFFER = 1024
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Attachment:
+    """A handler attached to one peer, under its own cancel scope (detach cancels it)."""
+
+    def __init__(self, file: RecordFile[AttachmentRecord], responder: Responder) -> None:
+        self.file = file
+        self.responder = responder
+        self.scope = trio.CancelScope()
+        self.finished = trio.Event()
+
+    @property
+    def peer(self) -> str:
+        return self.file.record.peer
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            try:
+                await self.responder.run(task_status=task_status)
+            finally:
+                self.finished.set()
+
+
+@attrs.define(eq=False)
+class ServeEvents:
+    """The events of one serve on their way to its client; never blocks the handler."""
+
+    channel: trio.MemorySendChannel[dict[str, Any]]
+    dropped: int = 0
+
+    def put(self, event: dict[str, Any]) -> None:
+        try:
+            self.channel.send_nowait({**event, "ts": now_ms()})
+        except trio.WouldBlock:
+            self.dropped += 1  # a client that does not read its events must not stall the handler
+        except trio.ClosedResourceError:
+            pass
+
+
+@attrs.define(eq=False)
+class Serve:
+    serve_id: str
+    responder: Responder
+    events: ServeEvents
+
+
+class RoomsService:
+    def __init__(self, ctx: DaemonContext, sessions: SessionManager, nursery: trio.Nursery) -> None:
+        self.ctx = ctx
+        self.sessions = sessions
+        self.nursery = nursery
+        self.log = ctx.log
+        self.rooms_dir = ctx.paths.state_dir / ROOMS_DIR
+        self.handlers_dir = ctx.paths.state_dir / HANDLERS_DIR
+        self.limits = limits_from_table(ctx.config.handlers)
+        self.deps = RoomDeps(
+            sessions=sessions, inbox=ctx.inbox, relay_table=ctx.config.relay,
+            tunnel_config=TunnelConfig.from_table(ctx.config.tunnel), limits=self.limits,
+            limiter=trio.CapacityLimiter(self.limits.max_concurrent), log=ctx.log,
+            ack_timeout_s=ctx.config.client.ack_timeout_s,
+        )  # fmt: skip
+        self.rooms: dict[str, Room] = {}
+        self.broken: dict[str, str] = {}  # room id -> why its file cannot be read
+        self.attachments: dict[str, Attachment] = {}
+        self.serves: dict[str, Serve] = {}
+        self._serve_ids = 0
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def reopen(self) -> None:
+        """Start every saved room and attached handler again (rooms on their saved ports)."""
+        ensure_private_dir(self.rooms_dir)
+        ensure_private_dir(self.handlers_dir)
+        for directory in sorted(self.rooms_dir.iterdir()):
+            path = directory / ROOM_FILE
+            if not directory.is_dir() or not path.exists():
+                continue
+            try:
+                record = decode(path, RoomRecord)
+            except StateError as exc:
+                self.broken[directory.name] = str(exc)
+                self.log.error("room_unreadable", room=directory.name, error=str(exc))
+                continue
+            room = Room(RecordFile(path, record), directory, self.deps)
+            self.rooms[record.room_id] = room
+            await self.nursery.start(partial(room.host, strict_start=False))
+            self.log.info("room_reopened", room=record.room_id, port=record.port)
+        for path in sorted(self.handlers_dir.glob("*.json")):
+            try:
+                attached = decode(path, AttachmentRecord)
+            except StateError as exc:
+                self.log.error("handler_unreadable", file=str(path), error=str(exc))
+                continue
+            await self._start_attachment(RecordFile(path, attached))
+
+    def owner(self, pk: str) -> str | None:
+        """Who answers ``pk`` already: "room <id>" or "handler", else None."""
+        for room in self.rooms.values():
+            if room.record.peer == pk:
+                return f"room {room.room_id}"
+        return "handler" if pk in self.attachments else None
+
+    def invite_redeemed(self, invite_id: str, pk: str) -> None:
+        for room in self.rooms.values():
+            if room.owns_invite(invite_id):
+                room.guest_joined(pk)
+                return
+
+    # -- rooms ----------------------------------------------------------------------------------
+
+    async def room_open(self, params: api.RoomOpenParams, caller: Caller) -> api.RoomInfo:
+        self._check_open(params)
+        if params.tunnel:
+            self._check_tunnel()
+        room_id = self._new_room_id()
+        directory = ensure_private_dir(self.rooms_dir / room_id)
+        ttl_ms = params.ttl_ms if params.ttl_ms is not None else self.ctx.config.client.invite_ttl_s * 1000
+        record = RoomRecord(
+            room_id=room_id, name=params.name, created_at=now_ms(), port=params.port or 0, tunnel=params.tunnel,
+            on_message=params.on_message, seed=params.seed, max_turns=params.max_turns, ttl_ms=ttl_ms,
+            conversation=Conversation(handled_cursor=self.ctx.inbox.journal.last_cursor),
+        )  # fmt: skip
+        room = Room(RecordFile(directory / ROOM_FILE, record, enabled=False), directory, self.deps)
+        self.rooms[room_id] = room
+        try:
+            try:
+                await self.nursery.start(partial(room.host, strict_start=True))
+            except Exception as exc:  # the relay did not start: the port is taken, most likely
+                raise api.RpcError(
+                    api.INVALID_STATE,
+                    f"cannot start the room relay on port {params.port or 'any'}: {describe_error(exc)}"
+                    + ("; choose another --port, or leave it out" if params.port else ""),
+                ) from exc
+            timeout = OPEN_TIMEOUT_S + (2 * self.deps.tunnel_config.url_timeout_s if params.tunnel else 0)
+            with trio.move_on_after(timeout):
+                await room.wait_invite()
+            if record.invite_url is None:
+                tunnel = room.tunnel.status.value if room.tunnel is not None else None
+                why = f"; last error: {tunnel.last_error}" if tunnel is not None and tunnel.last_error else ""
+                kind = api.TUNNEL_UNAVAILABLE if params.tunnel else api.TIMEOUT
+                raise api.RpcError(kind, f"no invite within {timeout:g} s{why}")
+            room.file.enabled = True
+            await room.file.save()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._discard(room)
+            raise
+        self.log.info("room_opened", room=room_id, port=record.port, tunnel=params.tunnel,
+                      handler=bool(params.on_message))
+        return await room.info()
+
+    def _check_open(self, params: api.RoomOpenParams) -> None:
+        problems = []
+        if params.on_message is not None and not params.on_message.strip():
+            problems.append("on_message: the handler command is empty")
+        if params.max_turns < 0:
+            problems.append("max_turns: must be 0 (no limit) or more")
+        if params.max_turns and not params.on_message:
+            problems.append("max_turns: needs a handler (on_message)")
+        if params.seed is not None and not params.seed:
+            problems.append("seed: the message is empty")
+        if params.port is not None and not 0 <= params.port <= 65535:
+            problems.append("port: must be 1..65535")
+        if params.ttl_ms is not None and params.ttl_ms <= 0:
+            problems.append("ttl_ms: must be positive")
+        if params.name is not None and not NAME_PATTERN.fullmatch(params.name):
+            problems.append("name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if problems:
+            raise api.RpcError(api.INVALID_PARAMS, "; ".join(problems), errors=problems)
+        if params.name is not None and any(params.name in (r.room_id, r.record.name) for r in self.rooms.values()):
+            raise api.RpcError(api.ALREADY_EXISTS, f"a room named {params.name!r} is already open")
+
+    def _check_tunnel(self) -> None:
+        config = self.deps.tunnel_config
+        if config.provider != "cloudflared":
+            return
+        try:
+            resolve_cloudflared(config.cloudflared, self.deps.environ)
+        except TunnelError as exc:
+            raise api.RpcError(api.TUNNEL_UNAVAILABLE, str(exc)) from exc
+
+    def _new_room_id(self) -> str:
+        while True:
+            room_id = f"room-{secrets.token_hex(3)}"
+            if room_id not in self.rooms and not (self.rooms_dir / room_id).exists():
+                return room_id
+
+    async def _discard(self, room: Room) -> None:
+        """Stop a room and delete everything it had on disk."""
+        await room.stop()
+        self.rooms.pop(room.room_id, None)
+        await trio.to_thread.run_sync(partial(shutil.rmtree, room.directory, ignore_errors=True))
+
+    def _find(self, ref: str | None) -> Room | str:
+        """The room named by id or name (or the only one); a broken room's id gives its id back."""
+        if ref is None:
+            names = list(self.rooms) + list(self.broken)
+            if len(names) == 1:
+                return self.rooms.get(names[0]) or names[0]
+            if not names:
+                raise api.RpcError(api.NOT_FOUND, "no room is open; open one with `agentroomctl room open`")
+            raise api.RpcError(
+                api.INVALID_PARAMS, f"{len(names)} rooms are open: name one (see `agentroomctl room list`)"
+            )
+        for room in self.rooms.values():
+            if ref in (room.room_id, room.record.name):
+                return room
+        if ref in self.broken:
+            return ref
+        raise api.RpcError(api.NOT_FOUND, f"no room {ref!r}; see `agentroomctl room list`")
+
+    async def room_list(self, params: api.Empty, caller: Caller) -> api.RoomListResult:
+        rooms = [await room.info() for room in sorted(self.rooms.values(), key=lambda r: r.record.created_at)]
+        rooms += [self._broken_info(room_id) for room_id in sorted(self.broken)]
+        return api.RoomListResult(rooms=rooms)
+
+    def _broken_info(self, room_id: str) -> api.RoomInfo:
+        return api.RoomInfo(room_id=room_id, name=None, state="failed", relay_url=None, public_url=None,
+                            invite_url=None, last_error=self.broken[room_id])
+
+    async def room_status(self, params: api.RoomRef, caller: Caller) -> api.RoomInfo:
+        found = self._find(params.room_id)
+        return self._broken_info(found) if isinstance(found, str) else await found.info()
+
+    async def room_stop(self, params: api.RoomStopParams, caller: Caller) -> api.RoomStopResult:
+        if params.all and params.room_id is not None:
+            raise api.RpcError(api.INVALID_PARAMS, "give a room or all, not both")
+        if params.all or (params.room_id is None and not self.rooms and not self.broken):
+            targets: list[Room | str] = [*self.rooms.values(), *self.broken]
+        else:
+            targets = [self._find(params.room_id)]
+        stopped = []
+        for target in targets:
+            if isinstance(target, str):
+                self.broken.pop(target, None)
+                await trio.to_thread.run_sync(partial(shutil.rmtree, self.rooms_dir / target, ignore_errors=True))
+                stopped.append(target)
+            else:
+                await self._discard(target)
+                stopped.append(target.room_id)
+        return api.RoomStopResult(stopped=stopped)
+
+    # -- handlers attached to peers ---------------------------------------------------------------
+
+    async def _start_attachment(self, file: RecordFile[AttachmentRecord]) -> Attachment:
+        record = file.record
+        responder = Responder(
+            label="", command=record.on_message, max_turns=record.max_turns, conversation=record.conversation,
+            accepts=lambda pk: pk == record.peer, inbox=self.ctx.inbox, sessions=self.sessions,
+            limits=self.limits, limiter=self.deps.limiter, log=self.log, save=file.save,
+            ack_timeout_s=self.deps.ack_timeout_s,
+        )  # fmt: skip
+        attachment = Attachment(file, responder)
+        self.attachments[record.peer] = attachment
+        await self.nursery.start(attachment.run)
+        return attachment
+
+    def _resolve(self, peer: str) -> str:
+        try:
+            return self.sessions.resolve_peer(peer)
+        except ClientError as exc:
+            raise rpc_error(exc) from exc
+
+    async def handler_attach(self, params: api.HandlerAttachParams, caller: Caller) -> api.HandlerAttachResult:
+        _check_handler(params.on_message, params.max_turns, params.seed)
+        pk = self._resolve(params.peer)
+        owner = self.owner(pk)
+        if owner is not None:
+            raise api.RpcError(api.ALREADY_EXISTS, f"{short_pk(pk)} is already answered by a {owner}")
+        if params.since is not None and params.since < 0:
+            raise api.RpcError(api.INVALID_PARAMS, "since: must be 0 or a cursor", errors=["since: < 0"])
+        since = params.since if params.since is not None else self.ctx.inbox.journal.last_cursor
+        record = AttachmentRecord(peer=pk, on_message=params.on_message, max_turns=params.max_turns,
+                                  seed=params.seed, created_at=now_ms(), conversation=Conversation(since))
+        file = RecordFile(self.handlers_dir / f"{pk}.json", record)
+        try:
+            await file.save()
+        except StateError as exc:
+            raise api.RpcError(api.STORAGE_ERROR, str(exc)) from exc
+        attachment = await self._start_attachment(file)
+        self.log.info("handler_attached", peer=short_pk(pk), max_turns=params.max_turns)
+        seed = None
+        if params.seed:
+            seed = await _send_seed(attachment.responder, pk, params.seed)
+        return api.HandlerAttachResult(peer=pk, handler=attachment.responder.info(), seed=seed)
+
+    async def handler_detach(self, params: api.HandlerDetachParams, caller: Caller) -> api.Empty:
+        pk = self._resolve(params.peer)
+        attachment = self.attachments.pop(pk, None)
+        if attachment is None:
+            owner = self.owner(pk)
+            hint = f" (it is answered by {owner}: stop the room instead)" if owner else ""
+            raise api.RpcError(api.NOT_FOUND, f"no handler is attached to {short_pk(pk)}{hint}")
+        attachment.scope.cancel()
+        await attachment.finished.wait()
+        await trio.to_thread.run_sync(partial(Path.unlink, attachment.file.path, missing_ok=True))
+        self.log.info("handler_detached", peer=short_pk(pk))
+        return api.Empty()
+
+    # -- serve: a handler for as long as one control connection stays open -----------------------
+
+    async def handler_serve(self, params: api.ServeParams, caller: Caller) -> api.ServeResult:
+        if not isinstance(caller, Connection):
+            raise api.RpcError(api.INVALID_STATE, "serve needs a control connection")
+        _check_handler(params.on_message, params.max_turns, params.seed)
+        if params.seed and not params.to:
+            raise api.RpcError(api.INVALID_PARAMS, "a seed needs a peer to send it to (to)", errors=["to: missing"])
+        if self.serves:
+            raise api.RpcError(api.ALREADY_EXISTS, "a serve is already running for this daemon; stop it first")
+        to = self._resolve(params.to) if params.to else None
+        if to is not None and (owner := self.owner(to)) is not None:
+            raise api.RpcError(api.ALREADY_EXISTS, f"{short_pk(to)} is already answered by a {owner}")
+        self._serve_ids += 1
+        serve_id = f"serve{self._serve_ids}"
+        cursor = self.ctx.inbox.journal.last_cursor
+        send, receive = trio.open_memory_channel[dict[str, Any]](SERVE_EVENT_BUFFER)
+        events = ServeEvents(send)
+        responder = Responder(
+            label="", command=params.on_message, max_turns=params.max_turns, conversation=Conversation(cursor),
+            accepts=lambda pk: self.owner(pk) is None, inbox=self.ctx.inbox, sessions=self.sessions,
+            limits=self.limits, limiter=self.deps.limiter, log=self.log, on_event=events.put,
+            ack_timeout_s=self.deps.ack_timeout_s,
+        )  # fmt: skip
+        serve = Serve(serve_id, responder, events)
+        self.serves[serve_id] = serve
+        try:
+            seed = await _send_seed(responder, to, params.seed) if params.seed and to else None
+        except BaseException:
+            self.serves.pop(serve_id, None)
+            raise
+        caller.after_reply(partial(self._run_serve, caller, serve, receive))
+        self.log.info("serve_started", serve=serve_id, max_turns=params.max_turns)
+        return api.ServeResult(serve=serve_id, pk=self.sessions.pk, cursor=cursor, seed=seed)
+
+    async def _run_serve(
+        self, connection: Connection, serve: Serve, events: trio.MemoryReceiveChannel[dict[str, Any]]
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve.responder.run)
+                async with events:
+                    async for event in events:
+                        await connection.notify(api.HANDLER_EVENT, {"serve": serve.serve_id, "event": event})
+                        if event["type"] in ("done", "closed"):
+                            break
+                nursery.cancel_scope.cancel()
+        except ConnectionGoneError:
+            pass  # the serve's client left: the serve ends with it
+        finally:
+            serve.events.channel.close()
+            self.serves.pop(serve.serve_id, None)
+            self.log.info("serve_ended", serve=serve.serve_id, dropped_events=serve.events.dropped)
+
+    # -- shutdown and status --------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        responders = [room.responder for room in self.rooms.values() if room.responder is not None]
+        responders += [a.responder for a in self.attachments.values()]
+        responders += [s.responder for s in self.serves.values()]
+        async with trio.open_nursery() as nursery:
+            for responder in responders:
+                nursery.start_soon(responder.drain)
+        for serve in list(self.serves.values()):
+            error = api.RpcError(api.SHUTTING_DOWN, "agentroomd is shutting down")
+            serve.events.put({"type": "closed", "error": error.to_json()})
+        async with trio.open_nursery() as nursery:
+            for room in list(self.rooms.values()):
+                room.scope.cancel()
+                nursery.start_soon(room.finished.wait)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "rooms": len(self.rooms) + len(self.broken),
+            "handlers": len(self.attachments),
+            "serving": bool(self.serves),
+        }
+
+
+def _check_handler(command: str, max_turns: int, seed: str | None) -> None:
+    problems = []
+    if not command.strip():
+        problems.append("on_message: the handler command is empty")
+    if max_turns < 0:
+        problems.append("max_turns: must be 0 (no limit) or more")
+    if seed is not None and not seed:
+        problems.append("seed: the message is empty")
+    if problems:
+        raise api.RpcError(api.INVALID_PARAMS, "; ".join(problems), errors=problems)
+
+
+async def _send_seed(responder: Responder, peer: str, text: str) -> api.MessageSendResult | None:
+    try:
+        sent = await responder.send_seed(peer, text)
+    except ClientError as exc:
+        raise rpc_error(exc) from exc
+    except StateError as exc:
+        raise api.RpcError(api.STORAGE_ERROR, f"the seed was not sent: {exc}") from exc
+    if sent is None:
+        return None
+    status, msg_id, pk = sent
+    return api.MessageSendResult(status=status, msg_id=msg_id, peer=pk)
+
+
+async def run_rooms(ctx: DaemonContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Reopen saved rooms and handlers, then serve the room and handler methods until cancelled."""
+    sessions = ctx.sessions
+    if sessions is None:
+        raise RuntimeError("the rooms service needs the client sessions to start first (SERVICES order)")
+    async with trio.open_nursery() as nursery:
+        service = RoomsService(ctx, sessions, nursery)
+        sessions.on_invite_redeemed = service.invite_redeemed
+        await service.reopen()
+        ctx.methods.register(api.ROOM_OPEN, service.room_open)
+        ctx.methods.register(api.ROOM_LIST, service.room_list)
+        ctx.methods.register(api.ROOM_STATUS, service.room_status)
+        ctx.methods.register(api.ROOM_STOP, service.room_stop)
+        ctx.methods.register(api.HANDLER_ATTACH, service.handler_attach)
+        ctx.methods.register(api.HANDLER_DETACH, service.handler_detach)
+        ctx.methods.register(api.HANDLER_SERVE, service.handler_serve)
+        ctx.add_status("rooms", service.status)
+        ctx.on_shutdown("rooms", service.shutdown)
+        task_status.started()
+        await trio.sleep_forever()  # the nursery stays open for rooms opened later
+
+
+__all__ = ["RoomsService", "run_rooms"]
