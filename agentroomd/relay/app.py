@@ -1,10 +1,19 @@
 """The relay as an ASGI application: HTTP routes (/health, /metrics, /auth/challenge) and the WebSocket /ws.
 
-The protocol is the reference's v2 (agentroom-reference.md §2.3, §3.2, §3.3) with the fixes and
-extensions listed in the relay's README section of the report: ERROR frames name the frame they answer
-(`ref_msg_id`), a client may ask to acknowledge deliveries, queued frames are never overtaken, a
-token resume replaces an older socket of the same key, unauthenticated sockets time out, and every
-frame (not only authenticated ones) counts against a rate limit.
+The protocol is the reference's v2 (agentroom-reference.md §2.3, §3.2, §3.3): a reference client
+sees the same frames, codes and texts (tests/relay/test_vectors.py replays its recorded handshake
+byte for byte). Where we differ, a reference client either cannot tell or is better off:
+
+* ERROR frames carry `ref_msg_id`, the frame they answer (extension; the reference strips it);
+* HELLO `acks_deliveries: true` (extension): rows are kept until the client's DELIVERY_ACK;
+* a recipient gets its queued frames before any newer live one (the reference let them overtake),
+  ordered exactly (the reference ordered by 1-second timestamps);
+* a claim and its SESSION_INIT are stored in one transaction; INVITE_CLAIM's `from` must be the
+  authenticated key, as for routed frames;
+* a token resume replaces an older socket of the same key (the reference left a ghost);
+* unauthenticated sockets time out (1008), and every frame, authenticated or not, valid or not,
+  counts against a rate limit (the reference limited only authenticated, valid frames);
+* oversize messages are measured in UTF-8 bytes and closed with 1009 by the app, so they are counted.
 
 `RelayApp` holds no sockets itself: hypercorn calls it once per HTTP request or WebSocket. Its
 long-lived parts (store, hub, buckets) are created by `server.serve_relay`, which also owns shutdown.
