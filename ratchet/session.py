@@ -73,6 +73,8 @@ SKIPPED_KEY_TTL_MS: Final = 5 * 60_000
 """A skipped key older than this (strictly) is deleted, as the reference prunes it."""
 SEQ_LIMIT: Final = 2**32
 """seq travels as a JSON number but enters the message key as 4 bytes: larger values would wrap."""
+X25519_FIELD_PRIME: Final = 2**255 - 19
+"""Canonical X25519 public keys are below it; libsodium never emits another spelling of a point."""
 
 KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 24
@@ -301,6 +303,10 @@ def decrypt(
         peer_ratchet_pk = b64u_decode(ratchet_pk)
         if len(peer_ratchet_pk) != KEY_BYTES:
             raise MalformedMessageError(f"ratchet_pk must be {KEY_BYTES} bytes, got {len(peer_ratchet_pk)}")
+        if int.from_bytes(peer_ratchet_pk, "little") >= X25519_FIELD_PRIME:
+            # X25519 ignores bit 255 and reduces mod p, so 2**255 - 19 + x names the same point as x: a relay
+            # could re-spell an honest key and still have the frame open. libsodium never emits such keys.
+            raise MalformedMessageError("ratchet_pk is not a canonical X25519 public key")
 
     if session.skipped:
         # Keys are filed under the canonical text of the key, so a re-encoded ratchet_pk still finds
@@ -313,12 +319,6 @@ def decrypt(
     if peer_ratchet_pk is None or peer_ratchet_pk == session.recv_ephemeral_pk:
         return _decrypt_current_chain(session, box, nonce_bytes, seq, now_ms)
     return _decrypt_new_chain(session, box, nonce_bytes, seq, peer_ratchet_pk, now_ms)
-
-
-# The frame fields' fast base64 paths now live in ratchet.encoding (b64u_decode takes the strict C
-# decoder for well-formed text); these names stay for the tests that pinned the session's own copies.
-_b64u_encode = b64u_encode
-_b64u_decode = b64u_decode
 
 
 def _open(box: bytes, nonce: bytes, key: bytes) -> bytes | None:

@@ -10,7 +10,7 @@ import time
 import attrs
 import pytest
 
-from ratchet.encoding import b64u_encode
+from ratchet.encoding import b64u_decode, b64u_encode
 from ratchet.errors import InvalidKeyError, RatchetError
 from ratchet.kdf import bootstrap_keys
 from ratchet.keys import KeyPair, x25519
@@ -205,6 +205,9 @@ LOW_ORDER_POINTS = [
     "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
     "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
     "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+]
+# p and p + 1: other spellings of the low-order points 0 and 1, refused before any DH as non-canonical
+NON_CANONICAL_LOW_ORDER = [
     "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
     "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
 ]
@@ -219,6 +222,15 @@ def test_a_low_order_ratchet_pk_is_refused(point: str) -> None:
     assert "low-order" in str(error)
     _, plaintext = _recv(bob, message)
     assert plaintext == b"m0"
+
+
+@pytest.mark.parametrize("point", NON_CANONICAL_LOW_ORDER)
+def test_a_non_canonical_low_order_ratchet_pk_is_refused(point: str) -> None:
+    alice, bob = _pair()
+    alice, (message,) = _send(alice, 1, "m")
+    error = _rejected(bob, attrs.evolve(message, ratchet_pk=b64u_encode(bytes.fromhex(point))), MalformedMessageError)
+    assert "canonical" in str(error)
+    assert _recv(bob, message)[1] == b"m0"
 
 
 def test_the_saved_state_never_holds_the_identity_ed25519_secret() -> None:
@@ -432,3 +444,16 @@ def test_a_corrupt_reference_file_is_refused_clearly(edit: object, fragment: str
     with pytest.raises(SessionStateError) as caught:
         session_from_reference_json(json.dumps(document))
     assert fragment in str(caught.value)
+
+
+def test_a_respelled_ratchet_pk_is_rejected_and_the_state_unchanged() -> None:
+    """X25519 ignores bit 255, so a relay could re-spell an honest ratchet_pk and the frame would still
+    open under the reference's rules; we accept only the canonical spelling (libsodium's)."""
+    alice, bob = _pair()
+    alice, [sealed] = _send(alice, 1, "hello")
+    assert sealed.ratchet_pk is not None
+    raw = bytearray(b64u_decode(sealed.ratchet_pk))
+    raw[31] |= 0x80
+    respelled = attrs.evolve(sealed, ratchet_pk=b64u_encode(bytes(raw)))
+    assert "canonical" in str(_rejected(bob, respelled, MalformedMessageError))
+    assert _recv(bob, sealed)[1] == b"hello0"
