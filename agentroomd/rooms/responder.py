@@ -110,6 +110,8 @@ class Responder:
         self._save_record = save
         self._on_event = on_event
         self._ack_timeout_s = ack_timeout_s
+        # One message carries at most MAX_PLAINTEXT_BYTES: output past that is cut (and flagged) by the runner.
+        limits = attrs.evolve(limits, stdout_cap=min(limits.stdout_cap, MAX_PLAINTEXT_BYTES))
         self.runner = HandlerRunner(
             command, self._send_reply, room=label, limits=limits, max_turns=max_turns,
             on_event=self._on_runner_event, limiter=limiter, logger=log,

@@ -151,9 +151,9 @@ class RoomsService:
             await self._start_attachment(RecordFile(path, attached))
 
     def owner(self, pk: str) -> str | None:
-        """Who answers ``pk`` already: "room <id>" or "handler", else None."""
+        """Who answers ``pk`` already: "room <id>" (a room with a handler) or "handler", else None."""
         for room in self.rooms.values():
-            if room.record.peer == pk:
+            if room.record.peer == pk and room.responder is not None:
                 return f"room {room.room_id}"
         return "handler" if pk in self.attachments else None
 
@@ -428,7 +428,9 @@ class RoomsService:
     def status(self) -> dict[str, Any]:
         return {
             "rooms": len(self.rooms) + len(self.broken),
-            "handlers": len(self.attachments),
+            "handlers": [
+                {"peer": pk, **attrs.asdict(attachment.responder.info())} for pk, attachment in self.attachments.items()
+            ],
             "serving": bool(self.serves),
         }
 
