@@ -1,0 +1,60 @@
+"""Rooms survive their daemon: same port after a restart, the guest reconnects, no handler runs twice."""
+
+import os
+import signal
+
+from rooms_support import ECHO, eventually, homes, port_is_open, write_script
+
+
+def test_after_a_restart_the_room_has_its_port_and_the_guest_carries_on() -> None:
+    with homes("", "") as (host, guest):
+        host.start()
+        guest.start()
+        room = host.json("room", "open", "--no-tunnel", "--on-message", ECHO)
+        guest.json("invite", "accept", room["invite_url"])
+        host_pk = host.json("whoami")["pk"]
+        guest.ctl("send", host_pk, "one")
+        [first] = guest.listen(1)
+        assert first["text"] == "echo: one"
+
+        assert host.stop() == 0
+        assert not port_is_open(room["port"])
+        host.start()
+        again = host.room()
+        assert (again["room_id"], again["port"], again["state"]) == (room["room_id"], room["port"], "connected")
+        assert again["handler"]["runs"] == 1  # the counters were saved with the room
+
+        # The guest notices the relay is back by itself (backoff) and the conversation goes on.
+        guest.ctl("send", host_pk, "two")
+        [second] = guest.listen(1, since=first["cursor"])
+        assert second["text"] == "echo: two"
+        after = host.room()
+        assert after["messages"] == {"received": 2, "sent": 2} and after["handler"]["runs"] == 2
+
+
+def test_a_handler_never_runs_twice_for_one_message_across_kill_9() -> None:
+    with homes("", "") as (host, guest):
+        handler = write_script(host.path / "slow.sh", f"""\
+printf '%s\\n' "$AGENTROOM_MSG_ID" >> {host.path}/runs.log
+message=$(cat)
+if [ "$message" = hang ]; then echo $$ > {host.path}/hang.pid; exec sleep 60; fi
+echo "ok $message"
+""")
+        host.start()
+        guest.start()
+        room = host.json("room", "open", "--no-tunnel", "--on-message", handler)
+        guest.json("invite", "accept", room["invite_url"])
+        host_pk = host.json("whoami")["pk"]
+        hang = guest.json("send", host_pk, "hang")
+        pid_file = host.path / "hang.pid"
+        handler_pid = int(eventually(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the handler"))
+
+        host.kill9()  # the daemon dies mid-run; its handler (own process group) outlives it: end that too
+        os.killpg(os.getpgid(handler_pid), signal.SIGKILL)
+        host.start()
+        after = guest.json("send", host_pk, "after")
+        [reply] = guest.listen(1)
+        assert reply["text"] == "ok after"
+        runs = (host.path / "runs.log").read_text().split()
+        assert runs == [hang["msg_id"], after["msg_id"]]  # the interrupted message was not handled again
+        assert host.room()["port"] == room["port"]
