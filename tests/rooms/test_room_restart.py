@@ -10,11 +10,13 @@ def test_after_a_restart_the_room_has_its_port_and_the_guest_carries_on() -> Non
     with homes("", "") as (host, guest):
         host.start()
         guest.start()
-        room = host.json("room", "open", "--no-tunnel", "--on-message", ECHO)
+        room = host.json("room", "open", "--no-tunnel", "--on-message", ECHO, "--seed", "welcome")
         guest.json("invite", "accept", room["invite_url"])
         host_pk = host.json("whoami")["pk"]
+        [welcome] = guest.listen(1)  # the seed goes out once the guest has joined
+        assert welcome["text"] == "welcome"
         guest.ctl("send", host_pk, "one")
-        [first] = guest.listen(1)
+        [first] = guest.listen(1, since=welcome["cursor"])
         assert first["text"] == "echo: one"
 
         assert host.stop() == 0
@@ -27,9 +29,9 @@ def test_after_a_restart_the_room_has_its_port_and_the_guest_carries_on() -> Non
         # The guest notices the relay is back by itself (backoff) and the conversation goes on.
         guest.ctl("send", host_pk, "two")
         [second] = guest.listen(1, since=first["cursor"])
-        assert second["text"] == "echo: two"
+        assert second["text"] == "echo: two"  # and no second "welcome": the seed went out once
         after = host.room()
-        assert after["messages"] == {"received": 2, "sent": 2} and after["handler"]["runs"] == 2
+        assert after["messages"] == {"received": 2, "sent": 3} and after["handler"]["runs"] == 2
 
 
 def test_a_handler_never_runs_twice_for_one_message_across_kill_9() -> None:
