@@ -99,6 +99,20 @@ class PruneResult:
     agents: int
 
 
+@attrs.define
+class _Insert:
+    """One `enqueue` call waiting for the next group commit."""
+
+    to_pk: str
+    row_id: str
+    envelope: str
+    now_s: int
+    cap: int | None
+    done: trio.Event = attrs.Factory(trio.Event)
+    ord: int | None = None
+    error: StoreError | None = None
+
+
 PublishResult = Literal["ok", "quota"]
 ClaimResult = Literal["claimed", "already_claimed", "expired", "not_found", "queue_full"]
 
@@ -111,6 +125,8 @@ class RelayStore:
         self._log = log
         self._limiter = trio.CapacityLimiter(1)
         self._discards: set[tuple[str, str]] = set()  # (to_pk, row id)
+        self._inserts: list[_Insert] = []
+        self._insert_wanted = trio.Event()
         self._discard_wanted = trio.Event()
         self._closed = False
 
@@ -166,12 +182,43 @@ class RelayStore:
     # ------------------------------------------------------------------ pending frames
 
     async def enqueue(self, to_pk: str, row_id: str, envelope: str, now_s: int, cap: int) -> int | None:
-        """Queue ``envelope`` for ``to_pk``; its `ord`, or None when the recipient already has ``cap`` rows."""
+        """Queue ``envelope`` for ``to_pk``; its `ord`, or None when the recipient already has ``cap`` rows.
 
-        def body(conn: sqlite3.Connection) -> int | None:
-            return _insert_pending(conn, to_pk, row_id, envelope, now_s, cap)
+        Returns once the row is committed. Concurrent calls are committed together (group commit: one
+        thread hop and one transaction for everything that arrived meanwhile), in call order.
+        """
+        request = _Insert(to_pk, row_id, envelope, now_s, cap)
+        self._inserts.append(request)
+        self._insert_wanted.set()
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.ord
 
-        return await self._run("enqueue", self._tx, body)
+    async def _insert_loop(self) -> None:
+        try:
+            while True:
+                await self._insert_wanted.wait()
+                self._insert_wanted = trio.Event()
+                batch, self._inserts = self._inserts, []
+
+                def body(conn: sqlite3.Connection, batch: list[_Insert] = batch) -> list[int | None]:
+                    return [_insert_pending(conn, r.to_pk, r.row_id, r.envelope, r.now_s, r.cap) for r in batch]
+
+                try:
+                    results = await self._run("enqueue", self._tx, body)
+                except StoreError as exc:
+                    for request in batch:
+                        request.error = exc
+                else:
+                    for request, ord_ in zip(batch, results, strict=True):
+                        request.ord = ord_
+                for request in batch:
+                    request.done.set()
+        finally:
+            for request in self._inserts:  # only if the store closes under a caller: fail it, never hang it
+                request.error = StoreError("enqueue: store is closing")
+                request.done.set()
 
     async def fetch_pending(self, to_pk: str, after_ord: int, limit: int, not_before_s: int) -> list[PendingRow]:
         """Up to ``limit`` rows for ``to_pk`` after ``after_ord``, oldest first, younger than the TTL."""
@@ -432,6 +479,7 @@ async def open_store(path: str, log: Logger | None = None) -> AsyncIterator[Rela
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._discard_loop)
+            nursery.start_soon(store._insert_loop)
             try:
                 yield store
             finally:

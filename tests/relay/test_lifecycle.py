@@ -141,3 +141,20 @@ async def test_store_reopens_what_it_wrote(tmp_path: Path) -> None:
     async with open_store(db) as store:
         assert [row.id for row in await store.fetch_pending("pk", 0, 10, 0)] == ["row-1", "row-2"]
         assert (await store.counts()).pending == 2
+
+
+async def test_concurrent_enqueues_are_committed_in_one_order_within_the_cap(tmp_path: Path) -> None:
+    async with open_store(str(tmp_path / "relay.db")) as store:
+        results: dict[int, int | None] = {}
+
+        async def enqueue(i: int) -> None:
+            results[i] = await store.enqueue("pk", f"row-{i}", "{}", 1, cap=30)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(enqueue, i)
+        stored = [i for i in range(40) if results[i] is not None]
+        assert len(stored) == 30 and sum(results[i] is None for i in range(40)) == 10
+        rows = await store.fetch_pending("pk", 0, 100, 0)
+        assert [row.ord for row in rows] == sorted(results[i] for i in stored)  # type: ignore[type-var]
+        assert [row.id for row in rows] == [f"row-{i}" for i in sorted(stored, key=lambda i: results[i] or 0)]
