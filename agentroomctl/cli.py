@@ -533,7 +533,7 @@ def _print_room(room: api.RoomInfo) -> None:
     if room.tunnel is not None:
         restarts = f", {room.tunnel.restarts} restart(s)" if room.tunnel.restarts else ""
         print(f"  public    {room.public_url or '-'}  (tunnel {room.tunnel.state}{restarts})")
-    if room.invite_url:
+    if room.invite_url and not room.peer:
         expires = f"  (single use, expires {_when(room.invite_expires_at)})" if room.invite_expires_at else ""
         print(f"  invite    {room.invite_url}{expires}")
     if room.peer:
