@@ -20,6 +20,7 @@ import time
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -36,6 +37,7 @@ from agentroomd.log import short_pk
 from agentroomd.rooms.responder import Responder
 from agentroomd.rooms.room import Room, RoomDeps, describe_error
 from agentroomd.rooms.state import (
+    CLOSED_RELAYS_FILE,
     HANDLERS_DIR,
     ROOM_FILE,
     ROOMS_DIR,
@@ -45,6 +47,8 @@ from agentroomd.rooms.state import (
     RoomRecord,
     StateError,
     decode,
+    read_closed_relays,
+    write_closed_relays,
 )
 from agentroomd.tunnel import TunnelConfig, TunnelError, resolve_cloudflared
 
@@ -121,6 +125,7 @@ class RoomsService:
         self.attachments: dict[str, Attachment] = {}
         self.serves: dict[str, Serve] = {}
         self._serve_ids = 0
+        self.closed_relays: list[str] = []  # relay URLs of stopped rooms
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -149,6 +154,15 @@ class RoomsService:
                 self.log.error("handler_unreadable", file=str(path), error=str(exc))
                 continue
             await self._start_attachment(RecordFile(path, attached))
+        # Peers and invites of stopped rooms still name those rooms' relays: stop reconnecting to them.
+        try:
+            self.closed_relays = read_closed_relays(self.rooms_dir / CLOSED_RELAYS_FILE)
+        except StateError as exc:
+            self.log.warn("closed_relays_unreadable", error=str(exc))
+        live_ports = {room.record.port for room in self.rooms.values()}
+        for url in self.closed_relays:
+            if urlsplit(url).port not in live_ports:
+                self.sessions.close_relay(url)
 
     def owner(self, pk: str) -> str | None:
         """Who answers ``pk`` already: "room <id>" (a room with a handler) or "handler", else None."""
@@ -198,6 +212,7 @@ class RoomsService:
                 raise api.RpcError(kind, f"no invite within {timeout:g} s{why}")
             room.file.enabled = True
             await room.file.save()
+            await self._forget_closed_relay(room.local_url)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._discard(room)
@@ -247,6 +262,21 @@ class RoomsService:
         await room.stop()
         self.rooms.pop(room.room_id, None)
         await trio.to_thread.run_sync(partial(shutil.rmtree, room.directory, ignore_errors=True))
+        if room.local_url is not None and room.local_url not in self.closed_relays:
+            self.closed_relays.append(room.local_url)
+            await self._save_closed_relays()
+
+    async def _forget_closed_relay(self, url: str | None) -> None:
+        """A new room listens where a stopped one did: its URL is live again."""
+        if url in self.closed_relays:
+            self.closed_relays.remove(url)
+            await self._save_closed_relays()
+
+    async def _save_closed_relays(self) -> None:
+        try:
+            await write_closed_relays(self.rooms_dir / CLOSED_RELAYS_FILE, self.closed_relays)
+        except StateError as exc:
+            self.log.warn("closed_relays_not_saved", error=str(exc))
 
     def _find(self, ref: str | None) -> Room | str:
         """The room named by id or name (or the only one); a broken room's id gives its id back."""

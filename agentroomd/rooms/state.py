@@ -4,6 +4,7 @@ Layout under the daemon's state directory::
 
     rooms/<room_id>/room.json     a room: settings, relay port, invite, guest, conversation progress
     rooms/<room_id>/relay.db      the room relay's queue and its HMAC secret file (owned by agentroomd.relay)
+    rooms/closed-relays.json      relay URLs of stopped rooms: our sessions stop reconnecting to them
     handlers/<peer pk>.json       a handler attached to one peer (`agentroomctl invite accept --on-message`)
 
 Why one small JSON file per room and not a table in the client database: a room's file is its whole
@@ -33,6 +34,7 @@ T = TypeVar("T")
 ROOMS_DIR = "rooms"
 HANDLERS_DIR = "handlers"
 ROOM_FILE = "room.json"
+CLOSED_RELAYS_FILE = "closed-relays.json"
 FORMAT_VERSION = 1
 
 
@@ -136,3 +138,24 @@ class RecordFile(Generic[T]):
                 await trio.to_thread.run_sync(atomic_write, self.path, data)
             except OSError as exc:
                 raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+
+def read_closed_relays(path: Path) -> list[str]:
+    """The relay URLs of stopped rooms; StateError when the file exists but is not a list of strings."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StateError(f"{path} is unreadable ({exc}); delete it (it only quiets reconnects)") from exc
+    if not isinstance(raw, list) or not all(isinstance(url, str) for url in raw):
+        raise StateError(f"{path} is not a list of URLs; delete it (it only quiets reconnects)")
+    return raw
+
+
+async def write_closed_relays(path: Path, urls: list[str]) -> None:
+    data = (json.dumps(sorted(set(urls))) + "\n").encode()
+    try:
+        await trio.to_thread.run_sync(atomic_write, path, data)
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -43,7 +43,7 @@ def test_a_conversation_runs_to_max_turns_by_itself_then_the_room_stops_cleanly(
         assert (guest_handler["turns"], guest_handler["runs"], guest_handler["ended"]) == (3, 2, "max_turns")
 
         # The end is final on both sides: a late message is not handed to the guest's handler.
-        host.ctl("send", guest_pk[:10], "anyone there?")
+        host.ctl("send", "--", guest_pk[:10], "anyone there?")
         late = eventually(lambda: (h := guest.json("status")["services"]["rooms"]["handlers"][0])["skipped"] == 2
                           and h, what="the late message to be skipped")  # the host's third echo, and this one
         assert late["runs"] == 2
@@ -76,7 +76,7 @@ esac
         guest.json("invite", "accept", room["invite_url"])
         host_pk = host.json("whoami")["pk"]
         for text in ("crash", "hang", "huge", "mute" + "m" * 100_000, "ok"):
-            guest.ctl("send", host_pk, "-", stdin=text)
+            guest.ctl("send", "--", host_pk, "-", stdin=text)
         replies = [m["text"] for m in guest.listen(3, timeout=30)]
         assert len(replies[0]) <= 147_440 and set(replies[0]) == {"x"}  # cut to what one message can carry
         assert replies[1:] == ["muted", "fine"]

@@ -14,7 +14,7 @@ def test_serve_seeds_answers_and_ends_at_max_turns_telling_both_sides() -> None:
         room = host.json("room", "open", "--no-tunnel")  # a room without a handler: serve answers its guest
         guest.json("invite", "accept", room["invite_url"], "--on-message", ECHO, "--max-turns", "2")
         guest_pk = guest.json("whoami")["pk"]
-        served = host.ctl("--json", "serve", "--on-message", ECHO, "--seed", "hi", "--to", guest_pk[:12],
+        served = host.ctl("--json", "serve", "--on-message", ECHO, "--seed", "hi", f"--to={guest_pk[:12]}",
                           "--max-turns", "2", timeout=30)
         events = [json.loads(line) for line in served.stdout.splitlines()]
         assert [e["type"] for e in events] == ["serving", "replied", "received", "replied", "done"]
