@@ -103,6 +103,8 @@ class Serve:
     serve_id: str
     responder: Responder
     events: ServeEvents
+    created: float = attrs.Factory(trio.current_time)
+    running: bool = False  # its task started (only after the reply reached the client)
 
 
 class RoomsService:
@@ -392,6 +394,8 @@ class RoomsService:
         _check_handler(params.on_message, params.max_turns, params.seed)
         if params.seed and not params.to:
             raise api.RpcError(api.INVALID_PARAMS, "a seed needs a peer to send it to (to)", errors=["to: missing"])
+        for stale in [s for s in self.serves.values() if not s.running and trio.current_time() - s.created > 10]:
+            self.serves.pop(stale.serve_id)  # its client hung up before the reply: the serve never started
         if self.serves:
             raise api.RpcError(api.ALREADY_EXISTS, "a serve is already running for this daemon; stop it first")
         to = self._resolve(params.to) if params.to else None
@@ -422,6 +426,7 @@ class RoomsService:
     async def _run_serve(
         self, connection: Connection, serve: Serve, events: trio.MemoryReceiveChannel[dict[str, Any]]
     ) -> None:
+        serve.running = True
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve.responder.run)
