@@ -74,8 +74,9 @@ def relay_view(log_path: Path, names: dict[str, str]) -> list[str]:
             continue
         src = names.get(record.get("from", ""), record.get("from", "?"))
         dst = names.get(record.get("to", ""), record.get("to", "?"))
-        rows.append(f"  {record.get('type', '?'):<12} {src:>5} -> {dst:<5} "
-                    f"{record.get('ciphertext_bytes', '?'):>5} bytes of ciphertext  ({record.get('status', '?')})")
+        ratchet, size = record.get("ratchet_pk") or "-", record.get("ciphertext_bytes", "?")
+        rows.append(f"  {record.get('type', '?'):<12} {src:>5} -> {dst:<5} {size:>5} bytes"
+                    f"  ratchet key {ratchet:<8}  ({record.get('status', '?')})")
     return rows
 
 

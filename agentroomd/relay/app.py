@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from agentroomd.log import Logger, short_pk
+from agentroomd.log import LEVELS, Logger, short_pk
 from agentroomd.relay.auth import ChallengeBook, TokenBuckets, mint_token, verify_token
 from agentroomd.relay.config import RelayConfig
 from agentroomd.relay.connection import Connection
@@ -412,6 +412,7 @@ class RelayApp:
             await self._error(conn, "UNAUTH", "from mismatch", frame.msg_id)
             return
         result = await self.hub.route(frame)
+        self._log_routed(frame.TYPE, frame.from_, frame.to, frame.ciphertext, frame.ratchet_pk, result)
         if result == "queue_full":
             await self._ack(conn, frame.msg_id, "error", "recipient queue full")
             return
@@ -430,6 +431,14 @@ class RelayApp:
             return
         self.metrics.inc("invites_published_total")
         await self._ack(conn, frame.msg_id, "delivered")
+
+    def _log_routed(self, kind: str, from_pk: str, to_pk: str, ciphertext: str, ratchet_pk: str | None,
+                    status: str) -> None:
+        """At debug level, what the relay can see of a routed frame: who to whom, type, size, ratchet key."""
+        if self.log.threshold <= LEVELS["debug"]:
+            self.log.debug("frame.routed", type=kind, status=status, ciphertext_bytes=len(ciphertext) * 3 // 4,
+                           ratchet_pk=short_pk(ratchet_pk) if ratchet_pk else None,
+                           **{"from": short_pk(from_pk), "to": short_pk(to_pk)})
 
     async def _claim(self, conn: Connection, frame: InviteClaim) -> None:
         if frame.from_ != conn.pk:
@@ -462,6 +471,7 @@ class RelayApp:
             self.hub.end_insert(inviter)
         if result == "claimed":
             assert ord_ is not None
+            self._log_routed("SESSION_INIT", frame.from_, inviter, frame.ciphertext, None, "queued")
             self.metrics.inc("invites_claimed_total")
             self.hub.offer_row(inviter, row_id, envelope, ord_)
             await self._ack(conn, frame.msg_id, "queued")
