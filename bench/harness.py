@@ -214,11 +214,45 @@ async def _reap(process: trio.Process, grace_s: float = 10) -> None:
 # --------------------------------------------------------------------------------------------- relay
 
 
-class RelayProcess:
+class Measured:
+    """A process that may run under `bench._profiled`: a profiler switched on and off by signals, what-ifs by env."""
+
+    process: trio.Process | None
+    profile: Path | None
+    what_if: dict[str, str]
+
+    def command(self, module: str) -> list[str]:
+        if self.profile is None and not self.what_if:
+            return [sys.executable, "-m", module]
+        return [sys.executable, "-m", "bench._profiled", module]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        if self.profile is not None:
+            extra["BENCH_PROFILE_OUT"] = str(self.profile)
+        return isolated_env(**extra, **self.what_if)
+
+    def profile_start(self) -> None:
+        if self.profile is not None and self.process is not None:
+            self.process.send_signal(signal.SIGUSR1)
+
+    async def profile_stop(self) -> None:
+        """Stop the profiler and wait for its dump."""
+        if self.profile is None or self.process is None:
+            return
+        self.profile.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR2)
+        with trio.fail_after(30):
+            while not self.profile.exists():  # noqa: ASYNC110 (another process's file: nothing to await)
+                await trio.sleep(0.05)
+
+
+class RelayProcess(Measured):
     """`agentroomd relay` as a subprocess; `kill()` is SIGKILL, `start()` again reuses its port and database."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, profile: Path | None = None) -> None:
         self.workdir = workdir
+        self.profile = profile
+        self.what_if = {}
         self.db = workdir / "relay.db"
         self.port = 0
         self.url = ""
@@ -231,12 +265,12 @@ class RelayProcess:
         return self.process.pid
 
     async def start(self) -> RelayProcess:
-        command = [sys.executable, "-m", "agentroomd", "relay", "--port", str(self.port), "--db", str(self.db),
+        command = [*self.command("agentroomd"), "relay", "--port", str(self.port), "--db", str(self.db),
                    "--home", str(self.workdir)]
         with (self.workdir / "relay.log").open("ab") as log:
             self.process = await trio.lowlevel.open_process(
                 command, stdout=subprocess.PIPE, stderr=log, cwd=self.workdir,
-                env=isolated_env(RATE_LIMIT_DISABLED="1", LOG_LEVEL="warn"),
+                env=self.env(RATE_LIMIT_DISABLED="1", LOG_LEVEL="warn"),
             )
         assert self.process.stdout is not None
         with trio.fail_after(START_TIMEOUT_S):
@@ -277,11 +311,21 @@ class RelayProcess:
 # -------------------------------------------------------------------------------------------- daemons
 
 
-class DaemonProcess:
+class DaemonProcess(Measured):
     """`agentroomd run --home DIR` as a subprocess, ready when it writes "ready" to the --ready-fd pipe."""
 
-    def __init__(self, home: Path, *, ack_timeout_s: float = 10.0, config: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        ack_timeout_s: float = 10.0,
+        config: str | None = None,
+        profile: Path | None = None,
+        what_if: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
+        self.profile = profile
+        self.what_if = what_if or {}
         home.mkdir(parents=True, exist_ok=True)
         text = config if config is not None else FAST_CLIENT_TOML.format(ack_timeout_s=ack_timeout_s)
         (home / "agentroom.toml").write_text(text)
@@ -298,13 +342,13 @@ class DaemonProcess:
 
     async def start(self) -> DaemonProcess:
         ready_read, ready_write = os.pipe()
-        command = [sys.executable, "-m", "agentroomd", "run", "--home", str(self.home), "--ready-fd", str(ready_write)]
+        command = [*self.command("agentroomd"), "run", "--home", str(self.home), "--ready-fd", str(ready_write)]
         started = time.perf_counter()
         try:
             with (self.home / "agentroomd.log").open("ab") as log:
                 self.process = await trio.lowlevel.open_process(
                     command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_write,),
-                    cwd=self.home, env=isolated_env(),
+                    cwd=self.home, env=self.env(),
                 )
         finally:
             os.close(ready_write)
@@ -465,3 +509,84 @@ def measure_run_time(command: list[str], runs: int, env: dict[str, str] | None =
         subprocess.run(command, check=True, capture_output=True, env=env or isolated_env(), timeout=60)
         times.append(time.perf_counter() - started)
     return times
+
+
+# -------------------------------------------------------------------------------------------- profiles
+
+# Where CPU time goes, by who owns the code: ours, or a library's (for "what is ours, what is the library's").
+_OWNERS = (  # first match wins: hypercorn/trio/... is hypercorn's
+    ("ours", ("/agentroomd/", "/ratchet/", "/agentroomctl/")),
+    ("hypercorn", ("/hypercorn/",)),
+    ("trio", ("/trio/", "/outcome/", "/sniffio/")),
+    ("wsproto+h11+h2", ("/wsproto/", "/h11/", "/h2/", "/hpack/", "/priority/")),
+    ("trio-websocket", ("/trio_websocket/",)),
+    ("attrs+cattrs", ("/attr/", "/attrs/", "/cattrs/", "<attrs generated")),
+    ("pynacl", ("/nacl/",)),
+)
+
+
+def _owner(filename: str, function: str) -> str:
+    if filename == "~":  # a builtin: name it by what it is a method of
+        if "epoll" in function or "'poll'" in function or "select" in function:
+            return "idle (epoll wait)"
+        if "sqlite3" in function:
+            return "sqlite3"
+        if "_sodium" in function or "nacl" in function or "crypto_" in function:
+            return "pynacl"
+        if "socket" in function or "'send'" in function or "'recv" in function:
+            return "socket syscalls"
+        return "builtins"
+    if "importlib" in filename or function == "<module>":
+        return "idle (startup imports)"
+    for owner, markers in _OWNERS:
+        if any(marker in filename for marker in markers):
+            return owner
+    if "/json/" in filename:
+        return "json"
+    if "sqlite3" in filename:
+        return "sqlite3"
+    return "stdlib/other"
+
+
+def profile_report(path: Path, top: int = 12) -> dict[str, Any]:
+    """CPU seconds of a cProfile dump by owner (idle and startup excluded from busy) and its hottest functions.
+
+    cProfile sees the main thread only: work in `trio.to_thread` workers (SQLite commits and their
+    fsyncs) appears as the time the event loop waits for them, inside "idle (epoll wait)".
+    """
+    import pstats
+
+    stats: dict[Any, Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    owners: dict[str, float] = {}
+    functions = []
+    for (filename, line, function), (_cc, calls, tottime, cumtime, _callers) in stats.items():
+        owner = _owner(filename, function)
+        owners[owner] = owners.get(owner, 0.0) + tottime
+        where = function if filename == "~" else f"{Path(filename).parent.name}/{Path(filename).name}:{line} {function}"
+        functions.append((tottime, calls, cumtime, owner, where))
+    busy = sum(seconds for owner, seconds in owners.items() if not owner.startswith("idle"))
+    functions.sort(reverse=True)
+
+    def entries(rows: list[tuple[float, int, float, str, str]]) -> list[dict[str, Any]]:
+        return [{"tottime_s": t, "calls": n, "cumtime_s": c, "owner": o, "function": w} for t, n, c, o, w in rows]
+
+    return {
+        "busy_s": busy,
+        "owners": dict(sorted(owners.items(), key=lambda item: -item[1])),
+        "top": entries([f for f in functions if not f[3].startswith("idle")][:top]),
+        "top_ours": entries([f for f in functions if f[3] == "ours"][:top]),
+    }
+
+
+def print_profile(label: str, report: dict[str, Any], per: int = 1, unit: str = "") -> None:
+    """The owners' shares of busy CPU, and the hottest functions; ``per`` divides seconds (e.g. per message)."""
+    scale = 1e6 / per
+    suffix = f" us/{unit}" if unit else " us"
+    print(f"profile of {label}: busy {report['busy_s'] * scale:,.0f}{suffix}")
+    for owner, seconds in report["owners"].items():
+        if not owner.startswith("idle"):
+            print(f"    {owner:18} {seconds * scale:10,.1f}{suffix}  {seconds / report['busy_s']:6.1%}")
+    for title, key in (("hottest functions (own time)", "top"), ("hottest of ours (own time)", "top_ours")):
+        print(f"  {title}:")
+        for entry in report[key]:
+            print(f"    {entry['tottime_s'] * scale:9,.1f}{suffix}  {entry['owner']:16} {entry['function']}")

@@ -11,6 +11,12 @@ hits both alike: the same payload through a bare WebSocket echo on the same stac
 trio-websocket; bench.relay's bare forwarder with the client as its own peer). Target: p50 at most 3x.
 
     .venv/bin/python -m bench.latency [--messages 1000] [--size 256] [--blocks 10]
+                                      [--profile DIR] [--what-if-synchronous NORMAL]
+
+``--profile DIR`` runs the relay and both daemons under cProfile over the timed turns only and prints
+where their time goes per turn, by owner (ours, trio, hypercorn, wsproto, ...), with the hottest
+functions. ``--what-if-synchronous NORMAL`` runs the daemons' client store without an fsync per
+commit: the difference prices the two durable commits on a turn's path (sender, receiver).
 
 Exit status 1 when the target is missed.
 """
@@ -23,6 +29,7 @@ import statistics
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -36,6 +43,8 @@ from bench.harness import (
     open_control,
     pair,
     percentile,
+    print_profile,
+    profile_report,
     result,
     row,
     short_dir,
@@ -102,11 +111,29 @@ async def echo_round_trips(port: int, payload: str, count: int) -> list[float]:
     return samples
 
 
-async def run(messages: int = 1000, size: int = 256, blocks: int = 10, warmup: int = 50) -> dict[str, Any]:
+async def run(
+    messages: int = 1000,
+    size: int = 256,
+    blocks: int = 10,
+    warmup: int = 50,
+    profile_dir: Path | None = None,
+    what_if: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Time ``messages`` turns beside as many echoes.
+
+    With ``profile_dir``, relay and daemons run under `bench._profiled`, profiled over the timed turns
+    only (dumps: sender.prof, relay.prof, receiver.prof). ``what_if`` goes to the daemons' environment.
+    """
     root = short_dir("ar-lat-")
-    relay = RelayProcess(root / "relay")
+
+    def profile(name: str) -> Path | None:
+        return None if profile_dir is None else profile_dir / f"{name}.prof"
+
+    relay = RelayProcess(root / "relay", profile=profile("relay"))
     relay.workdir.mkdir()
-    alice, bob = DaemonProcess(root / "a"), DaemonProcess(root / "b")
+    alice = DaemonProcess(root / "a", profile=profile("sender"), what_if=what_if)
+    bob = DaemonProcess(root / "b", profile=profile("receiver"), what_if=what_if)
+    measured = (alice, relay, bob)
     ours: list[float] = []
     send_answer: list[float] = []
     echo: list[float] = []
@@ -131,6 +158,8 @@ async def run(messages: int = 1000, size: int = 256, blocks: int = 10, warmup: i
             for i in range(warmup):
                 await turns.turn(-1 - i)
             await echo_round_trips(bare.port, payload, warmup)
+            for process in measured:
+                process.profile_start()
             done = 0
             while done < messages:
                 count = min(per_block, messages - done)
@@ -140,6 +169,8 @@ async def run(messages: int = 1000, size: int = 256, blocks: int = 10, warmup: i
                     send_answer.append(answered)
                 echo += await echo_round_trips(bare.port, payload, count)
                 done += count
+            for process in measured:
+                await process.profile_stop()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
@@ -169,8 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1000, help="timed turns (default 1000)")
     parser.add_argument("--size", type=int, default=256, help="characters of text per message (default 256)")
     parser.add_argument("--blocks", type=int, default=10, help="alternate ours/echo in this many blocks")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run relay and daemons under cProfile, keep the dumps in DIR, print where CPU goes")
+    parser.add_argument("--what-if-synchronous", metavar="MODE",
+                        help="what-if: the daemons' client store with PRAGMA synchronous=MODE (e.g. NORMAL), not FULL")
     args = parser.parse_args(argv)
-    outcome = trio.run(lambda: run(args.messages, args.size, args.blocks))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    what_if = {"BENCH_CLIENT_SYNCHRONOUS": args.what_if_synchronous} if args.what_if_synchronous else None
+    outcome = trio.run(lambda: run(args.messages, args.size, args.blocks, profile_dir=args.profile, what_if=what_if))
+    if args.profile is not None:
+        for name in ("sender", "relay", "receiver"):
+            print_profile(f"{name}, timed turns only", profile_report(args.profile / f"{name}.prof"),
+                          per=args.messages, unit="turn")
     return finish(f"turn latency: {args.messages} messages, one at a time, relay + 2 daemons on loopback", outcome)
 
 

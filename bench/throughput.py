@@ -20,6 +20,7 @@ no target; it says where the TypeScript relay's transport stands.
 
     .venv/bin/python -m bench.throughput [--total 12000] [--pairs 1,10,100] [--offline-pairs 10]
                                          [--offline-messages 400] [--window 16] [--size 256] [--no-node]
+    .venv/bin/python -m bench.throughput --profile FILE   # only: where a relay's time goes per message
 
 Exit status 1 when a target is missed.
 """
@@ -44,7 +45,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from bench.harness import finish, result, row
+from bench.harness import RelayProcess, finish, print_profile, profile_report, result, row
 from bench.relay import THROUGHPUT_TARGET, LoadResult, RelayAgent, Server, measure_load, server_process
 
 NPM_TIMEOUT_S = 120
@@ -175,6 +176,27 @@ async def measure_offline(port: int, pairs: int, messages: int, size: int, windo
     return stored, drained
 
 
+# ---------------------------------------------------------------------------------------- profile
+
+
+async def profile_relay(out: Path, pairs: int, total: int, size: int, window: int) -> dict[str, Any]:
+    """A separate relay under `bench._profiled`, profiled over one live run at ``pairs`` pairs."""
+    workdir = Path(tempfile.mkdtemp(prefix="ar-tprof-", dir="/tmp"))
+    relay = RelayProcess(workdir, profile=out)
+    try:
+        await relay.start()
+        await measure_load("relay", relay.port, 2, 200, size, window, False)
+        relay.profile_start()
+        per_pair = max(1, total // pairs)
+        load = await measure_load("relay", relay.port, pairs, per_pair, size, window, False)
+        await relay.profile_stop()
+    finally:
+        with trio.CancelScope(shield=True):
+            await relay.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"messages": pairs * per_pair, "rate": load.rate, "report": profile_report(out)}
+
+
 # ---------------------------------------------------------------------------------------- run
 
 
@@ -257,8 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=16, help="messages in flight per pair (default 16)")
     parser.add_argument("--size", type=int, default=256, help="ciphertext characters per message (default 256)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node ws column")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="only profile: a relay under cProfile through one live run at --offline-pairs pairs")
     args = parser.parse_args(argv)
     pair_counts = tuple(int(p) for p in args.pairs.split(","))
+    if args.profile is not None:
+        found = trio.run(profile_relay, args.profile, args.offline_pairs, args.total, args.size, args.window)
+        print(f"relay under cProfile: {found['rate']:,.0f} msg/s (profiling slows it)")
+        print_profile("relay, live run", found["report"], per=found["messages"], unit="msg")
+        return 0
     outcome = trio.run(lambda: run(args.total, pair_counts, args.offline_pairs, args.offline_messages, args.window,
                                    args.size, not args.no_node))
     return finish("relay throughput", outcome)
