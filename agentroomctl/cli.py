@@ -177,9 +177,24 @@ def _positive_float(text: str) -> float:
 # ------------------------------------------------------------------------------------------------- main
 
 
+# A public key is 43 base64url characters, and about 1 in 32 starts with "-": argparse would take it for
+# an option. Such a token cannot be one of our options, so it is shielded from argparse and restored.
+_DASHED_KEY = re.compile(r"-[A-Za-z0-9_-]{42}")
+_SHIELD = "\x00"
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args([_SHIELD + a if _DASHED_KEY.fullmatch(a) else a for a in raw])
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value.startswith(_SHIELD):
+            setattr(args, name, value[len(_SHIELD):])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return exitcodes.USAGE

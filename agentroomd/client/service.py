@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import trio
 
+from agentroomd.client.connection import Backoff
 from agentroomd.client.manager import ClientError, SessionManager
 from agentroomd.client.store import ClientStore, StoreError, StoreFullError
 from agentroomd.context import DaemonContext
@@ -47,10 +48,13 @@ async def run_sessions(ctx: DaemonContext, *, task_status: trio.TaskStatus[None]
     ensure_private_dir(ctx.paths.state_dir)
     store = ClientStore(ctx.paths.state_dir / CLIENT_DB)
     try:
-        manager = SessionManager(ctx.identity.keypair, store, ctx.log)
+        settings = ctx.config.client
+        manager = SessionManager(
+            ctx.identity.keypair, store, ctx.log,
+            backoff_factory=lambda: Backoff(base_s=settings.reconnect_initial_s, cap_s=settings.reconnect_max_s),
+        )
         ctx.inbox.use_journal(manager.journal)
         manager.on_received = ctx.inbox.announce
-        settings = ctx.config.client
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
             for url in settings.relays:

@@ -66,12 +66,13 @@ def test_concurrent_autostarts_end_with_one_daemon(home: Path) -> None:
     assert len({json_out(r)["pid"] for r in results}) == 1
 
 
-def test_room_commands_not_built_yet_answer_not_implemented_with_exit_8(home: Path) -> None:
+def test_room_commands_on_a_daemon_without_rooms(home: Path) -> None:
     listed = ctl(home, "--json", "room", "list")
-    assert listed.returncode == 8
-    error = json_out(listed)["error"]
-    assert error["type"] == "agentroom.NotImplemented" and "room.list" in error["message"]
-    assert ctl(home, "room", "stop", "--all").returncode == 8
+    assert listed.returncode == 0 and json_out(listed) == {"rooms": []}
+    stopped = ctl(home, "--json", "room", "stop", "--all")
+    assert stopped.returncode == 0 and json_out(stopped) == {"stopped": []}
+    missing = ctl(home, "--json", "room", "status", "nosuchroom")
+    assert missing.returncode == 4
 
 
 def test_session_commands_fail_with_the_exit_code_scripts_rely_on(home: Path) -> None:
@@ -175,3 +176,10 @@ def test_after_the_daemon_is_killed_the_next_command_starts_a_fresh_one(home: Pa
     assert second.returncode == 0, second.stderr
     assert json_out(second)["pid"] != first["pid"]
     assert json_out(second)["pk"] == first["pk"]
+
+
+def test_a_public_key_starting_with_a_dash_is_a_peer_not_an_option(home: Path) -> None:
+    dashed = "-" + "A" * 42  # about 1 in 32 real keys starts with "-"
+    sent = ctl(home, "--json", "send", dashed, "hi")
+    assert sent.returncode == 4, sent.stderr  # reached the daemon: unknown peer, not a usage error
+    assert dashed in json_out(sent)["error"]["message"]
