@@ -9,7 +9,7 @@ Both run one message at a time and, separately, ``--concurrency`` at once (the r
 `max_concurrent` is 4), alternating ours and the floor round by round so machine noise hits both.
 Target: messages/s at least 0.8x the floor.
 
-    .venv/bin/python -m bench.handlers [--messages 200] [--rounds 3] [--concurrency 4] [--size 256]
+    .venv/bin/python -m bench.handlers [--messages 100] [--rounds 5] [--concurrency 4] [--size 256]
 
 Exit status 1 when the target is missed.
 """
@@ -61,7 +61,7 @@ async def rate(job: Callable[[str], Awaitable[None]], text: str, messages: int, 
     return messages / (time.perf_counter() - started)
 
 
-async def run(messages: int = 200, rounds: int = 3, concurrency: int = 4, size: int = 256) -> dict[str, Any]:
+async def run(messages: int = 100, rounds: int = 5, concurrency: int = 4, size: int = 256) -> dict[str, Any]:
     text = "m" * size
     best: dict[tuple[str, int], float] = {}
     await rate(ours, text, 10, 1)  # warm-up: imports, page cache of /bin/sh and cat
@@ -84,8 +84,8 @@ async def run(messages: int = 200, rounds: int = 3, concurrency: int = 4, size: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.handlers", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=200, help="messages per round (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best of each counts (default 3)")
+    parser.add_argument("--messages", type=int, default=100, help="messages per round (default 100)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the best of each counts (default 5)")
     parser.add_argument("--concurrency", type=int, default=4, help="handlers at once in the wide run (default 4)")
     parser.add_argument("--size", type=int, default=256, help="message characters (default 256)")
     args = parser.parse_args(argv)

@@ -53,7 +53,7 @@ async def test_latency_profiles_the_timed_turns_of_every_process(tmp_path: Path)
 
 async def test_throughput_sweep_and_offline_queue() -> None:
     outcome = await throughput.run(total=120, pair_counts=(1, 3), offline_pairs=2, offline_messages=10, window=4,
-                                   node=False)
+                                   node=False, rounds=1)
     rows = check_rows(outcome, "throughput", 4)
     assert all(row["ours"] > 0 and row["baseline"] > 0 for row in rows)
     assert outcome["node_skipped"] == "disabled (--no-node)"
