@@ -82,6 +82,7 @@ def build_parser() -> Parser:
     create = command("create", "create a single-use invite URL for a peer", invite)
     create.add_argument("--relay", help="relay URL to embed (ws://HOST:PORT/ws or wss://...)")
     create.add_argument("--ttl", type=_duration_ms, help="lifetime, e.g. 24h, 90m, 3600s, 1d (default 24h)")
+    create.add_argument("--compat", choices=["v2"], help="v2: invite a TypeScript agentroom peer (default: v3)")
     accept = command("accept", "accept an invite URL from a peer", invite)
     accept.add_argument("url", help="agentroom://invite/...")
     accept.add_argument("--alias", help="a local name for the new peer")
@@ -107,6 +108,7 @@ def build_parser() -> Parser:
     room_open.add_argument("--port", type=_port, help="the room relay's port (default: any free one, kept)")
     room_open.add_argument("--seed", help="send TEXT to the guest once it has joined (counts as turn 1)")
     room_open.add_argument("--ttl", type=_duration_ms, help="the invite's lifetime, e.g. 24h (default 24h)")
+    room_open.add_argument("--compat", choices=["v2"], help="v2: the guest runs the TypeScript agentroom")
     command("list", "list rooms", room)
     room_status = command("status", "show one room", room)
     room_status.add_argument("room_id", nargs="?", help="the room (default: the only one)")
@@ -297,7 +299,8 @@ def cmd_whoami(args: argparse.Namespace, client: ControlClient) -> int:
 
 
 def cmd_invite_create(args: argparse.Namespace, client: ControlClient) -> int:
-    invite = client.call(api.INVITE_CREATE, api.InviteCreateParams(relay=args.relay, ttl_ms=args.ttl))
+    params = api.InviteCreateParams(relay=args.relay, ttl_ms=args.ttl, compat=args.compat)
+    invite = client.call(api.INVITE_CREATE, params)
     if args.json:
         _emit(_result_json(invite))
     else:
@@ -496,7 +499,7 @@ def cmd_room_open(args: argparse.Namespace, client: ControlClient) -> int:
         raise UsageError("--max-turns needs --on-message")
     params = api.RoomOpenParams(
         on_message=args.on_message, tunnel=args.tunnel, name=args.name, port=args.port, seed=args.seed,
-        max_turns=args.max_turns, ttl_ms=args.ttl,
+        max_turns=args.max_turns, ttl_ms=args.ttl, compat=args.compat,
     )
     room = client.call(api.ROOM_OPEN, params)
     if args.json:

@@ -44,7 +44,8 @@ def ctl(home: Path, *args: str) -> dict[str, Any]:
     )
     if done.returncode != 0:
         raise DemoError(f"agentroomctl {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()}")
-    return json.loads(done.stdout.splitlines()[-1])
+    answer: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return answer
 
 
 def start_relay(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, Path]:

@@ -13,49 +13,31 @@ once (the journal is keyed by the sender's msg_id), so a crash between the two r
 duplicate is recognised.
 """
 
-import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
 
 from agentroomd.client.connection import Backoff, ConnectionLost, DeliveryNotStored, RelayConnection
+from agentroomd.client.handshakes import REGISTRY_KEY, Handshakes, InviteInfo
 from agentroomd.client.journal import StoreJournal
+from agentroomd.client.peer_session import Duplicate, PeerSession, SealError
 from agentroomd.client.store import ClientStore, PeerRow, StoreError
 from agentroomd.control.api import ReceivedMessage
 from agentroomd.log import Logger, short_pk
-from ratchet.encoding import b64u_decode, b64u_encode
+from ratchet import v3
+from ratchet.encoding import b64u_encode
 from ratchet.errors import RatchetError
-from ratchet.frames import (
-    Ack,
-    Delivery,
-    Error,
-    InviteClaim,
-    InvitePublish,
-    Msg,
-    SessionAck,
-    SessionInit,
-    serialize_frame,
-)
-from ratchet.handshake import HandshakeError, accept_invite, check_session_ack, handle_session_init
-from ratchet.invite import SignedInvite, create_invite, parse_invite_url
+from ratchet.frames import Ack, Delivery, Error, Msg, SessionAck, SessionInit, serialize_frame
 from ratchet.keys import KeyPair
 from ratchet.rand import SYSTEM_RANDOM, RandomSource
-from ratchet.session import (
-    DecryptError,
-    Session,
-    decrypt,
-    encrypt,
-    prune_skipped,
-    session_from_json,
-    session_to_json,
-)
-from ratchet.signatures import sign_routed, verify_routed
+from ratchet.signatures import verify_routed
+from ratchet.v3.session import MAX_PLAINTEXT as V3_MAX_PLAINTEXT
 
-MAX_PLAINTEXT_BYTES = 147_440  # 196,608 base64url chars of ciphertext, minus the 16-byte MAC
-INVITE_GRACE_MS = 30_000
+V2_MAX_PLAINTEXT = 147_440  # 196,608 base64url chars of ciphertext, minus the 16-byte MAC
+# One limit for every peer, whatever its protocol: v3's frame header makes its limit slightly lower.
+MAX_PLAINTEXT_BYTES = min(V2_MAX_PLAINTEXT, V3_MAX_PLAINTEXT)
 RETRY_DELAY_S = 1.0
 PRUNE_INTERVAL_S = 300.0
 
@@ -113,13 +95,13 @@ class SessionManager:
         self.clock_ms = clock_ms
         self.counters = Counters()
         self._backoff_factory = backoff_factory
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, PeerSession] = {}  # peers whose handshake is done (or v2-claimed)
+        self.handshakes = Handshakes(self)
         self._peers: dict[str, PeerRow] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._connections: dict[str, RelayConnection] = {}
         self._wake: dict[str, trio.Event] = {}
         self._send_waiters: dict[str, _SendWaiter] = {}
-        self._handshake_events: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._connection_scopes: dict[str, trio.CancelScope] = {}
         self.on_received: Callable[[ReceivedMessage], None] = lambda record: None
@@ -133,12 +115,19 @@ class SessionManager:
         """Load every peer, connect to every relay we have a peer or an open invite on, run until cancelled."""
         for row in await self.store.call(self.store.peers):
             try:
-                self._sessions[row.pk] = session_from_json(row.state)
+                if row.state:  # empty while a v3 handshake waits for the inviter's answer
+                    self._sessions[row.pk] = PeerSession.load(row.version, row.state)
             except RatchetError as exc:
                 raise StoreError(
                     f"session state of peer {short_pk(row.pk)} in {self.store.path} is corrupt: {exc}"
                 ) from exc
             self._peers[row.pk] = row
+        registry = await self.store.call(self.store.get_meta, REGISTRY_KEY)
+        if registry is not None:
+            try:
+                self.handshakes.registry = v3.registry_from_json(registry.encode())
+            except RatchetError as exc:
+                raise StoreError(f"the v3 invite registry in {self.store.path} is corrupt: {exc}") from exc
         relays = {row.relay_url for row in self._peers.values()}
         relays |= {inv.relay_url for inv in await self.store.call(self.store.invites)
                    if inv.redeemed_by is None and inv.expires_at > self.clock_ms()}
@@ -159,9 +148,9 @@ class SessionManager:
         changed = 0
         for pk in list(self._sessions):
             async with self._lock(pk):
-                pruned = prune_skipped(self._sessions[pk], self.clock_ms())
+                pruned = self._sessions[pk].prune(self.clock_ms())
                 if pruned is not self._sessions[pk]:
-                    await self.store.call(self.store.set_peer_state, pk, session_to_json(pruned))
+                    await self.store.call(self.store.set_peer_state, pk, pruned.dump())
                     self._sessions[pk] = pruned
                     changed += 1
         return changed
@@ -246,85 +235,17 @@ class SessionManager:
     def _lock(self, pk: str) -> trio.Lock:
         return self._locks.setdefault(pk, trio.Lock())
 
-    # -- invites --------------------------------------------------------------------------------
+    # -- invites (see handshakes.py) ------------------------------------------------------------
 
     async def create_invite(self, relay_url: str, ttl_ms: int, timeout_s: float = 15.0,
-                            advertised_url: str | None = None) -> SignedInvite:
-        """Create an invite, remember its nonce, and publish it on the relay at ``relay_url``.
-
-        ``advertised_url`` is the relay URL written into the invite for the guest when it differs from
-        the one we connect to (a hosted room: we connect on loopback, the guest through the tunnel).
-        """
-        invite = create_invite(self.identity, advertised_url or relay_url, self.clock_ms(), self.rng, ttl_ms=ttl_ms)
-        blob = invite.blob
-        await self.store.call(self.store.add_invite, blob.invite_id, blob.nonce, relay_url, blob.expires_at)
-        conn = await self.wait_connected(relay_url, timeout_s)
-        frame = InvitePublish(
-            msg_id=self.rng.uuid4(), ts=self.clock_ms(), invite_id=blob.invite_id,
-            blob=invite.url.split("agentroom://invite/", 1)[1], expires_at=blob.expires_at,
-        )
-        answer = await self._request(conn, frame.msg_id, serialize_frame(frame), timeout_s)
-        if isinstance(answer, Error):
-            raise ClientError("relay_refused", f"relay refused the invite: {answer.code} {answer.message}")
-        if answer.status == "error":
-            raise ClientError("relay_refused", f"relay refused the invite: {answer.error}")
-        self.log.info("invite.created", invite_id=blob.invite_id, relay=relay_url, expires_at=blob.expires_at)
-        return invite
+                            advertised_url: str | None = None, version: int = 3) -> InviteInfo:
+        """Create and publish an invite: v3 by default, v2 (``version=2``) for a TypeScript peer."""
+        return await self.handshakes.create_invite(relay_url, ttl_ms, timeout_s, advertised_url, version)
 
     async def accept_invite(self, url: str, alias: str | None = None, timeout_s: float = 15.0,
                             wait_ack_s: float = 5.0) -> tuple[str, str, bool]:
-        """Claim an invite: returns (inviter pk, relay url, whether the inviter answered within wait_ack_s)."""
-        try:
-            invite = parse_invite_url(url.strip(), self.clock_ms())
-        except RatchetError as exc:
-            raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        inviter = invite.blob.inviter_ed25519_pk
-        relay_url = invite.blob.server_url
-        if inviter in self._peers:
-            raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
-        try:
-            claim, session = accept_invite(self.identity, invite, self.clock_ms())
-        except RatchetError as exc:
-            raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        handshake = json.dumps({"state": "claimed", "nonce": invite.blob.nonce,
-                                "key_a": b64u_encode(session.recv_chain_key)})
-        conn = await self.wait_connected(relay_url, timeout_s)
-        event = self._handshake_events.setdefault(inviter, trio.Event())
-        async with self._lock(inviter):
-            added = await self.store.call(self.store.add_peer, inviter, relay_url, session_to_json(session),
-                                          handshake, alias)
-            if not added:
-                raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
-            self._remember(inviter, session, relay_url, handshake, alias)
-        frame = InviteClaim(msg_id=self.rng.uuid4(), ts=self.clock_ms(), invite_id=claim.invite_id,
-                            from_=claim.from_pk, ciphertext=claim.ciphertext, nonce=claim.nonce, sig=claim.sig)
-        try:
-            answer = await self._request(conn, frame.msg_id, serialize_frame(frame), timeout_s)
-        except ClientError:
-            await self._forget_peer(inviter)
-            raise
-        if isinstance(answer, Error) or answer.status == "error":
-            await self._forget_peer(inviter)
-            code, text = (answer.code, answer.message) if isinstance(answer, Error) else ("ERROR", answer.error)
-            kind = {"NOT_FOUND": "invite_not_found", "ALREADY_CLAIMED": "invite_used",
-                    "EXPIRED": "invite_expired"}.get(code, "relay_refused")
-            raise ClientError(kind, f"relay refused the invite: {code} {text}")
-        self.log.info("invite.accepted", peer=short_pk(inviter), relay=relay_url)
-        self.on_peer(inviter)
-        with trio.move_on_after(wait_ack_s):
-            await event.wait()
-        return inviter, relay_url, event.is_set()
-
-    async def _forget_peer(self, pk: str) -> None:
-        async with self._lock(pk):
-            await self.store.call(self.store.delete_peer, pk)
-            self._sessions.pop(pk, None)
-            self._peers.pop(pk, None)
-
-    def _remember(self, pk: str, session: Session, relay_url: str, handshake: str, alias: str | None) -> None:
-        """Mirror a peer row we just committed, so that lookups never touch the disk."""
-        self._sessions[pk] = session
-        self._peers[pk] = PeerRow(pk, alias, relay_url, self.clock_ms(), b"", handshake)
+        """Claim an invite (its URL says v2 or v3): (inviter pk, relay url, whether the inviter answered)."""
+        return await self.handshakes.accept_invite(url, alias, timeout_s, wait_ack_s)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -341,19 +262,19 @@ class SessionManager:
             raise ClientError("too_large", f"message is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT_BYTES}")
         async with self._lock(pk):
             row = self._peers[pk]
+            session = self._sessions.get(pk)
+            if session is None:
+                raise ClientError("handshake_pending", f"the handshake with {short_pk(pk)} is not finished yet: "
+                                  "the inviter has not answered (is its daemon running?)")
             ts = self.clock_ms()
             try:
-                new_session, sealed = encrypt(self._sessions[pk], plaintext, ts, self.rng)
-            except RatchetError as exc:
-                raise ClientError("session_error", f"cannot encrypt for {short_pk(pk)}: {exc}") from exc
-            frame = Msg(
-                msg_id=self.rng.uuid4(), ts=ts, from_=self.pk, to=pk, ciphertext=sealed.ciphertext,
-                nonce=sealed.nonce, sig=sign_routed(self.identity, pk, sealed.seq, sealed.nonce), seq=sealed.seq,
-                ratchet_pk=sealed.ratchet_pk,
-            )
+                new_session, frame = session.seal(self.identity, self.pk, pk, plaintext, self.rng.uuid4(), ts,
+                                                  self.rng)
+            except SealError as exc:
+                raise ClientError(exc.kind, f"cannot encrypt for {short_pk(pk)}: {exc}") from exc
             waiter = self._send_waiters[frame.msg_id] = _SendWaiter()
             try:
-                await self.store.call(self.store.record_outgoing, pk, session_to_json(new_session), frame.msg_id,
+                await self.store.call(self.store.record_outgoing, pk, new_session.dump(), frame.msg_id,
                                       row.relay_url, serialize_frame(frame), text, ts)
             except StoreError as exc:
                 self._send_waiters.pop(frame.msg_id, None)
@@ -448,9 +369,9 @@ class SessionManager:
             self.log.warn("delivery.bad_signature", relay=conn.url, peer=short_pk(routed.from_), type=routed.TYPE)
             return
         if isinstance(routed, SessionInit):
-            await self._on_session_init(conn, routed)
+            await self.handshakes.on_session_init(conn, routed)
         elif isinstance(routed, SessionAck):
-            await self._on_session_ack(routed)
+            await self.handshakes.on_session_ack(routed)
         else:
             await self._on_msg(routed)
 
@@ -465,16 +386,23 @@ class SessionManager:
                 self.counters.duplicates += 1
                 return
             try:
-                new_session, plaintext = decrypt(self._sessions[pk], msg.ciphertext, msg.nonce, msg.seq,
-                                                 msg.ratchet_pk, self.clock_ms())
-            except (DecryptError, RatchetError) as exc:
+                new_session, kind, plaintext = self._sessions[pk].open(msg, self.clock_ms())
+            except Duplicate:
+                self.counters.duplicates += 1
+                return
+            except RatchetError as exc:
                 self.counters.undecryptable += 1
                 self.log.warn("message.undecryptable", peer=short_pk(pk), seq=msg.seq, reason=type(exc).__name__)
                 return
+            if kind == "close":
+                # the peer ended the session (v3's authenticated end marker): keep its state, say so
+                await self.store.call(self.store.set_peer_state, pk, new_session.dump(), "closed")
+                self._sessions[pk] = new_session
+                self.log.info("session.closed_by_peer", peer=short_pk(pk))
+                return
             text = plaintext.decode("utf-8", errors="replace")
             ts = self.clock_ms()
-            cursor = await self.store.call(self.store.record_incoming, pk, session_to_json(new_session), msg.msg_id,
-                                           text, ts)
+            cursor = await self.store.call(self.store.record_incoming, pk, new_session.dump(), msg.msg_id, text, ts)
             self._sessions[pk] = new_session
             if cursor is None:
                 self.counters.duplicates += 1
@@ -483,75 +411,4 @@ class SessionManager:
             self.journal.advanced_to(cursor)
             self.on_received(ReceivedMessage(cursor=cursor, from_=pk, text=text, msg_id=msg.msg_id, ts=ts))
         self.counters.received += 1
-        self._mark_established(pk)
-
-    async def _on_session_init(self, conn: RelayConnection, init: SessionInit) -> None:
-        pk = init.from_
-        if pk in self._sessions:
-            self.counters.duplicates += 1
-            self.log.info("session_init.duplicate", peer=short_pk(pk))
-            return
-        try:
-            fields, session, nonce = handle_session_init(self.identity, pk, init.ciphertext, self.clock_ms(), self.rng,
-                                                         frame_nonce=init.nonce, sig=init.sig)
-        except (HandshakeError, RatchetError) as exc:
-            self.counters.unsolicited_session_init += 1
-            self.log.warn("session_init.rejected", peer=short_pk(pk), reason=str(exc)[:200])
-            return
-        invite = await self.store.call(self.store.invite_by_nonce, nonce)
-        if invite is None or invite.redeemed_by is not None or self.clock_ms() > invite.expires_at + INVITE_GRACE_MS:
-            self.counters.unsolicited_session_init += 1
-            why = "unknown invite" if invite is None else ("reused" if invite.redeemed_by else "expired")
-            self.log.warn("session_init.unsolicited", peer=short_pk(pk), reason=why)
-            return
-        async with self._lock(pk):
-            added = await self.store.call(self.store.add_peer, pk, invite.relay_url, session_to_json(session),
-                                          "established", None, invite.invite_id)
-            if not added:
-                self.counters.unsolicited_session_init += 1
-                return
-            self._remember(pk, session, invite.relay_url, "established", None)
-        ack = SessionAck(msg_id=self.rng.uuid4(), ts=self.clock_ms(), from_=fields.from_pk, to=fields.to,
-                         ciphertext=fields.ciphertext, nonce=fields.nonce, sig=fields.sig, seq=fields.seq)
-        self.log.info("session.established", peer=short_pk(pk), role="inviter", invite_id=invite.invite_id)
-        self.on_peer(pk)
-        self.on_invite_redeemed(invite.invite_id, pk)
-        try:
-            await conn.send_frame(ack)
-        except ConnectionLost:
-            self.log.warn("session_ack.not_sent", peer=short_pk(pk))
-
-    async def _on_session_ack(self, ack: SessionAck) -> None:
-        pk = ack.from_
-        row = self._peers.get(pk)
-        if row is None:
-            self.counters.unknown_peer += 1
-            self.log.warn("session_ack.unknown_peer", peer=short_pk(pk))
-            return
-        try:
-            pending: dict[str, Any] = json.loads(row.handshake) if row.handshake.startswith("{") else {}
-        except ValueError:
-            pending = {}
-        if pending.get("state") != "claimed":
-            return
-        ok = check_session_ack(b64u_decode(pending["key_a"]), pending["nonce"], ack.ciphertext, ack.nonce)
-        if not ok:
-            self.counters.undecryptable += 1
-            self.log.warn("session_ack.invalid", peer=short_pk(pk))
-            return
-        self._mark_established(pk)
-
-    def _mark_established(self, pk: str) -> None:
-        """The peer proved it holds the session (a valid SESSION_ACK or a message): wake `invite accept`."""
-        row = self._peers.get(pk)
-        if row is not None and row.handshake != "established":
-            self._peers[pk] = attrs.evolve(row, handshake="established")
-            self.log.info("session.established", peer=short_pk(pk), role="invitee")
-            if self._nursery is not None:
-                self._nursery.start_soon(self._save_established, pk)
-        event = self._handshake_events.pop(pk, None)
-        if event is not None:
-            event.set()
-
-    async def _save_established(self, pk: str) -> None:
-        await self.store.call(self.store.set_handshake, pk, "established")
+        self.handshakes.mark_established(pk)

@@ -78,6 +78,15 @@ def _status(manager: SessionManager) -> dict[str, Any]:
     }
 
 
+def protocol_version(compat: str | None) -> int:
+    """The protocol an invite asks for: v3 between our own peers, v2 for a TypeScript peer."""
+    if compat in (None, "v3"):
+        return 3
+    if compat == "v2":
+        return 2
+    raise api.RpcError(api.INVALID_PARAMS, f"compat must be 'v2' or 'v3', not {compat!r}")
+
+
 def _default_relay(ctx: DaemonContext, manager: SessionManager, given: str | None) -> str:
     if given:
         return given
@@ -104,14 +113,15 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
         ttl_ms = params.ttl_ms if params.ttl_ms is not None else ctx.config.client.invite_ttl_s * 1000
         if ttl_ms <= 0:
             raise api.RpcError(api.INVALID_PARAMS, "ttl must be positive")
+        version = protocol_version(params.compat)
         try:
-            invite = await manager.create_invite(relay, ttl_ms, timeout_s=timeout)
+            invite = await manager.create_invite(relay, ttl_ms, timeout_s=timeout, version=version)
         except ClientError as exc:
             raise rpc_error(exc) from exc
         except StoreError as exc:
             raise api.RpcError(api.STORAGE_ERROR, str(exc)) from exc
-        return api.InviteCreateResult(url=invite.url, invite_id=invite.blob.invite_id,
-                                      expires_at=invite.blob.expires_at, relay=relay)
+        return api.InviteCreateResult(url=invite.url, invite_id=invite.invite_id, expires_at=invite.expires_at,
+                                      relay=relay, protocol=invite.version)
 
     async def invite_accept(params: api.InviteAcceptParams, caller: Caller) -> api.InviteAcceptResult:
         try:

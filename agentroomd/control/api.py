@@ -198,6 +198,7 @@ class RelayConnectResult:
 class InviteCreateParams:
     relay: str | None = None  # relay URL embedded in the invite; default: the configured/connected relay
     ttl_ms: int | None = None  # default: [client] invite_ttl_s
+    compat: str | None = None  # "v2": the reference's protocol, for a TypeScript peer; default: v3
 
 
 @attrs.frozen
@@ -206,6 +207,7 @@ class InviteCreateResult:
     invite_id: str
     expires_at: int  # ms since the epoch
     relay: str
+    protocol: int = 3  # 3 between our own peers; 2 with compat "v2"
 
 
 # invite.accept
@@ -301,6 +303,7 @@ class RoomOpenParams:
     seed: str | None = None  # first message to the guest, sent once the guest has joined
     max_turns: int = 0  # end the exchange after this many replies of ours (seed included); 0: no limit
     ttl_ms: int | None = None  # the invite's lifetime; default [client] invite_ttl_s
+    compat: str | None = None  # "v2": invite a TypeScript agentroom peer (protocol v2); default: v3
 
 
 @attrs.frozen

@@ -262,16 +262,17 @@ class Room:
                 return
             try:
                 invite = await self.deps.sessions.create_invite(
-                    relay.url, record.ttl_ms, timeout_s=self.deps.ack_timeout_s, advertised_url=advertised_url
+                    relay.url, record.ttl_ms, timeout_s=self.deps.ack_timeout_s, advertised_url=advertised_url,
+                    version=record.protocol,
                 )
             except (ClientError, StoreError) as exc:
                 self.invite_error = f"could not publish the invite: {exc}"
                 self.deps.log.error("room_invite_failed", room=self.room_id, error=str(exc))
                 self._changed()
                 return
-            record.invite_url, record.invite_id = invite.url, invite.blob.invite_id
-            record.invite_expires_at, record.invite_relay = invite.blob.expires_at, advertised_url
-            record.issued_invites.append(invite.blob.invite_id)
+            record.invite_url, record.invite_id = invite.url, invite.invite_id
+            record.invite_expires_at, record.invite_relay = invite.expires_at, advertised_url
+            record.issued_invites.append(invite.invite_id)
             self.invite_error = None
             await self._save_quietly()
             self.deps.log.info("room_invite", room=self.room_id, relay=advertised_url,

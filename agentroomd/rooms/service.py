@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from agentroomd.client.manager import ClientError, SessionManager
-from agentroomd.client.service import rpc_error
+from agentroomd.client.service import protocol_version, rpc_error
 from agentroomd.context import DaemonContext
 from agentroomd.control import api
 from agentroomd.control.connection import Connection, ConnectionGoneError
@@ -188,9 +188,11 @@ class RoomsService:
         room_id = self._new_room_id()
         directory = ensure_private_dir(self.rooms_dir / room_id)
         ttl_ms = params.ttl_ms if params.ttl_ms is not None else self.ctx.config.client.invite_ttl_s * 1000
+        protocol = protocol_version(params.compat)
         record = RoomRecord(
             room_id=room_id, name=params.name, created_at=now_ms(), port=params.port or 0, tunnel=params.tunnel,
             on_message=params.on_message, seed=params.seed, max_turns=params.max_turns, ttl_ms=ttl_ms,
+            protocol=protocol,
             conversation=Conversation(handled_cursor=self.ctx.inbox.journal.last_cursor),
         )  # fmt: skip
         room = Room(RecordFile(directory / ROOM_FILE, record, enabled=False), directory, self.deps)

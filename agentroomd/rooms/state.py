@@ -74,6 +74,7 @@ class RoomRecord:
     seed: str | None
     max_turns: int
     ttl_ms: int
+    protocol: int = 3  # 3 between our own peers; 2 (--compat v2) for a TypeScript guest
     invite_url: str | None = None
     invite_id: str | None = None
     invite_expires_at: int | None = None

@@ -19,10 +19,16 @@ def world() -> Iterator[tuple[Relay, Agent, Agent]]:
         relay.stop()
 
 
-def test_conversation_through_agentroomctl_with_stable_json_shapes(world: tuple[Relay, Agent, Agent]) -> None:
+@pytest.mark.parametrize(("compat", "prefix", "protocol"), [
+    ((), "agentroom://invite3/", 3),
+    (("--compat", "v2"), "agentroom://invite/", 2),
+])
+def test_conversation_through_agentroomctl_with_stable_json_shapes(
+    world: tuple[Relay, Agent, Agent], compat: tuple[str, ...], prefix: str, protocol: int
+) -> None:
     relay, alice, bob = world
-    invite = alice.ctl("invite", "create", "--relay", relay.url, "--ttl", "1h")
-    assert invite["url"].startswith("agentroom://invite/")
+    invite = alice.ctl("invite", "create", "--relay", relay.url, "--ttl", "1h", *compat)
+    assert invite["url"].startswith(prefix) and invite["protocol"] == protocol
     assert {"url", "invite_id", "expires_at"} <= invite.keys()
     accepted = bob.ctl("invite", "accept", invite["url"])
     assert accepted["peer"] == alice.pk

@@ -4,7 +4,8 @@ import json
 
 from rooms_support import ECHO, END_PREFIX, eventually, homes, port_is_open, write_script
 
-from ratchet.invite import parse_invite_url
+from agentroomd.client.manager import MAX_PLAINTEXT_BYTES
+from ratchet.v3 import parse_invite_url
 
 
 def test_a_conversation_runs_to_max_turns_by_itself_then_the_room_stops_cleanly() -> None:
@@ -15,8 +16,8 @@ def test_a_conversation_runs_to_max_turns_by_itself_then_the_room_stops_cleanly(
         assert room["state"] == "waiting" and room["name"] == "lobby" and room["room_id"].startswith("room-")
         assert room["relay_url"] == f"ws://127.0.0.1:{room['port']}/ws" and room["public_url"] is None
         invite = parse_invite_url(room["invite_url"], room["created_at"])
-        assert invite.blob.server_url == room["relay_url"]  # no tunnel: the invite names the local relay
-        assert invite.blob.expires_at == room["invite_expires_at"]
+        assert invite.server_url == room["relay_url"]  # no tunnel: the invite names the local relay
+        assert invite.expires_at == room["invite_expires_at"]
 
         accepted = guest.json("invite", "accept", room["invite_url"], "--on-message", ECHO, "--seed", "hello",
                               "--max-turns", "3")
@@ -78,7 +79,7 @@ esac
         for text in ("crash", "hang", "huge", "mute" + "m" * 100_000, "ok"):
             guest.ctl("send", "--", host_pk, "-", stdin=text)
         replies = [m["text"] for m in guest.listen(3, timeout=30)]
-        assert len(replies[0]) <= 147_440 and set(replies[0]) == {"x"}  # cut to what one message can carry
+        assert len(replies[0]) <= MAX_PLAINTEXT_BYTES and set(replies[0]) == {"x"}  # cut to one message's limit
         assert replies[1:] == ["muted", "fine"]
 
         handler_stats = eventually(lambda: (h := host.room()["handler"])["runs"] == 5 and h, what="five runs")

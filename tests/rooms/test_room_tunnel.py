@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rooms_support import ECHO, eventually, homes, wait_pid_exit
 
-from ratchet.invite import parse_invite_url
+from ratchet.v3 import parse_invite_url
 
 FAKE_CLOUDFLARED = r'''#!{python}
 """Fake cloudflared: logs like the real one (on stderr), obeys ./control ("die", "url NAME")."""
@@ -64,7 +64,7 @@ def command(directory: Path, text: str) -> None:
 
 
 def invite_relay(room: dict[str, object]) -> str:
-    return parse_invite_url(str(room["invite_url"]), int(str(room["created_at"]))).blob.server_url
+    return parse_invite_url(str(room["invite_url"]), int(str(room["created_at"]))).server_url
 
 
 def test_the_public_url_goes_into_the_invite_and_every_tunnel_change_is_published(tmp_path: Path) -> None:
