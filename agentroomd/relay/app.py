@@ -497,8 +497,11 @@ class RelayApp:
     # ------------------------------------------------------------------ maintenance and shutdown
 
     async def maintenance(self) -> None:
-        """Forever: every minute drop expired challenges and refilled buckets; every prune interval prune the store."""
-        next_prune = trio.current_time()
+        """Forever: every minute drop expired challenges and refilled buckets; every prune interval prune the store.
+
+        The first prune runs at start-up, before the relay listens (see server.py), so not here.
+        """
+        next_prune = trio.current_time() + self.config.prune_interval_s
         while True:
             self.challenges.prune()
             for buckets in (self.challenge_buckets, self.hello_fail_buckets, self.frame_buckets):

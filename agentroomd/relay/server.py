@@ -170,6 +170,7 @@ async def _serve(
         cfg = hypercorn_config(config, log)
         shutdown = trio.Event()
         server_scope = trio.CancelScope(shield=True)
+        await app.prune_now()  # what expired while the relay was down goes before anyone connects
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app.maintenance)
             try:
