@@ -30,16 +30,16 @@ def test_conversation_through_agentroomctl_with_stable_json_shapes(
     invite = alice.ctl("invite", "create", "--relay", relay.url, "--ttl", "1h", *compat)
     assert invite["url"].startswith(prefix) and invite["protocol"] == protocol
     assert {"url", "invite_id", "expires_at"} <= invite.keys()
-    accepted = bob.ctl("invite", "accept", invite["url"])
+    accepted = bob.ctl("invite", "accept", invite["url"], "--alias", "alice")
     assert accepted["peer"] == alice.pk
 
-    sent = bob.ctl("send", alice.pk[:10], "hello from bob")
+    sent = bob.ctl("send", "alice", "hello from bob")  # a local alias works wherever a key does
     assert sent["status"] in ("delivered", "queued") and sent["msg_id"]
     first = alice.ctl("listen", "--since", "0", "--count", "1", "--timeout", "20")
     assert first["from"] == bob.pk and first["text"] == "hello from bob" and first["msg_id"] == sent["msg_id"]
     assert isinstance(first["ts"], int) and first["cursor"] >= 1
 
-    reply = alice.ctl("send", bob.pk, "hi bob, multi\nline ✓")
+    reply = alice.ctl("send", bob.pk[:10], "hi bob, multi\nline ✓")  # so does a unique prefix
     assert reply["status"] in ("delivered", "queued")
     got = bob.ctl("listen", "--since", "0", "--count", "1", "--timeout", "20")
     assert got["text"] == "hi bob, multi\nline ✓"
