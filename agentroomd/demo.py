@@ -75,9 +75,10 @@ def relay_view(log_path: Path, names: dict[str, str]) -> list[str]:
             continue
         src = names.get(record.get("from", ""), record.get("from", "?"))
         dst = names.get(record.get("to", ""), record.get("to", "?"))
-        ratchet, size = record.get("ratchet_pk") or "-", record.get("ciphertext_bytes", "?")
-        rows.append(f"  {record.get('type', '?'):<12} {src:>5} -> {dst:<5} {size:>5} bytes"
-                    f"  ratchet key {ratchet:<8}  ({record.get('status', '?')})")
+        ratchet, size = record.get("ratchet_pk"), record.get("ciphertext_bytes", "?")
+        shown = f"  ratchet key {ratchet:<8}" if ratchet else ""  # v2 only: v3 seals it inside the frame
+        rows.append(f"  {record.get('type', '?'):<12} {src:>5} -> {dst:<5} {size:>5} bytes{shown}"
+                    f"  ({record.get('status', '?')})")
     return rows
 
 
@@ -94,7 +95,7 @@ def main() -> int:
         for name, pk in pks.items():
             print(f"{name:<12} {pk}  (daemon home {homes[name]})")
         invite = ctl(homes["alice"], "invite", "create", "--relay", url, "--ttl", "10m")
-        print(f"\nalice invites: {invite['url'][:72]}...")
+        print(f"\nalice invites (protocol v{invite['protocol']}): {invite['url'][:60]}...")
         accepted = ctl(homes["bob"], "invite", "accept", invite["url"])
         print(f"bob accepts:   session with {accepted['peer'][:12]}... on {accepted['relay']}\n")
 
