@@ -25,20 +25,20 @@ has a bug that compatibility does not force, we fix it (PROTOCOL.md lists these)
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Final, TypeVar
 
 import attrs
 import cattrs
 import nacl.bindings as sodium
 import nacl.exceptions
-from cattrs.cols import list_structure_factory
 
 from ratchet.encoding import b64u_decode, b64u_encode
 from ratchet.errors import InvalidKeyError, RatchetError
 from ratchet.kdf import LABEL_CHAIN, chain_update
 from ratchet.keys import KeyPair, x25519, x25519_public
 from ratchet.rand import RandomSource
+from ratchet.statefile import load_json, strict_converter
 
 __all__ = [
     "MAX_SKIP",
@@ -573,41 +573,8 @@ class _ReferenceSessionFile:  # field names as the reference writes them
 _T = TypeVar("_T")
 
 
-def _is_list_type(type_: Any) -> bool:
-    return getattr(type_, "__origin__", None) is list
-
-
-def _strict_converter(forbid_extra_keys: bool) -> cattrs.Converter:
-    """cattrs with JSON's types taken literally: no "5" for 5, no 1 for true, no string for a list."""
-    converter = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
-
-    def exact(kind: type[_T]) -> Callable[[Any, Any], _T]:
-        def hook(value: Any, _: Any) -> _T:
-            if type(value) is not kind:
-                raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-            return value
-
-        return hook
-
-    for kind in (int, str, bool):
-        converter.register_structure_hook(kind, exact(kind))
-
-    def arrays(type_: Any, conv: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
-        inner = list_structure_factory(type_, conv)
-
-        def hook(value: Any, target: Any) -> Any:
-            if not isinstance(value, list):
-                raise TypeError(f"expected a JSON array, got {type(value).__name__}")
-            return inner(value, target)
-
-        return hook
-
-    converter.register_structure_hook_factory(_is_list_type, arrays)
-    return converter
-
-
-_OUR_FORMAT = _strict_converter(forbid_extra_keys=True)
-_REFERENCE_FORMAT = _strict_converter(forbid_extra_keys=False)  # the reference ignores unknown fields
+_OUR_FORMAT = strict_converter(forbid_extra_keys=True)
+_REFERENCE_FORMAT = strict_converter(forbid_extra_keys=False)  # the reference ignores unknown fields
 
 
 def session_to_json(session: Session) -> bytes:
@@ -739,23 +706,10 @@ def session_from_reference_json(text: str) -> Session:
 # ── shared validation ───────────────────────────────────────────────────────────────────────────
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def _parse_json_object(data: bytes) -> dict[str, Any]:
     try:
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raw = load_json(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise SessionStateError(f"session state is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise SessionStateError(f"session state must be a JSON object, got {type(raw).__name__}")

@@ -15,14 +15,13 @@ protocol misbehave. Nothing here contains an identity secret key.
 """
 
 import json
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import attrs
 import cattrs
-from cattrs.cols import list_structure_factory
 
 from ratchet.keys import x25519_public
+from ratchet.statefile import load_json, strict_converter
 from ratchet.v3.errors import MalformedFrameError, StateFormatError
 from ratchet.v3.handshake import PendingHandshake
 from ratchet.v3.invite import INVITE_SECRET_BYTES, InviteRegistry, IssuedInvite, RedeemedInvite
@@ -363,63 +362,17 @@ def registry_from_json(data: bytes) -> InviteRegistry:
 _T = TypeVar("_T")
 
 
-def _is_list_type(type_: Any) -> bool:
-    return getattr(type_, "__origin__", None) is list
-
-
-def _strict_converter() -> cattrs.Converter:
-    """cattrs with JSON types taken literally (no "5" for 5, no 1 for true) and no unknown keys."""
-    converter = cattrs.Converter(forbid_extra_keys=True)
-
-    def exact(kind: type[_T]) -> Callable[[Any, Any], _T]:
-        def hook(value: Any, _: Any) -> _T:
-            if type(value) is not kind:
-                raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-            return value
-
-        return hook
-
-    for kind in (int, str, bool):
-        converter.register_structure_hook(kind, exact(kind))
-
-    def arrays(type_: Any, conv: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
-        inner = list_structure_factory(type_, conv)
-
-        def hook(value: Any, target: Any) -> Any:
-            if not isinstance(value, list):
-                raise TypeError(f"expected a JSON array, got {type(value).__name__}")
-            return inner(value, target)
-
-        return hook
-
-    converter.register_structure_hook_factory(_is_list_type, arrays)
-    return converter
-
-
-_CONVERTER: Final = _strict_converter()
+_CONVERTER: Final = strict_converter(forbid_extra_keys=True)
 
 
 def _dump(document: object) -> bytes:
     return (json.dumps(_CONVERTER.unstructure(document), indent=2) + "\n").encode("utf-8")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def _load(data: bytes, expected_format: str, kind: type[_T]) -> _T:
     try:
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raw = load_json(data)
+    except ValueError as exc:
         raise StateFormatError(f"{expected_format}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
         raise StateFormatError(f"{expected_format}: expected a JSON object, got {type(raw).__name__}")
