@@ -115,16 +115,33 @@ async def _serve_connections(
     the failure and drops only that connection. We use hypercorn's `TCPServer` (its own per-socket
     driver) unchanged; lifespan is not needed because `serve_relay` owns the app's resources.
     """
-    wrapped = ASGIWrapper(app)  # type: ignore[arg-type]
     context = WorkerContext(None)
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=cfg.backlog)
 
     async def handle(stream: trio.SocketStream) -> None:
-        try:
-            await TCPServer(wrapped, cfg, context, ConnectionState({}), stream)  # type: ignore[arg-type]
-        except Exception as exc:  # logged and counted: one connection's failure never stops the relay
-            app.metrics.inc("connections_crashed_total")
-            app.log.error("connection.crashed", error=f"{exc.__class__.__name__}: {exc}"[:300])
+        # Once a WebSocket's app call returns, everything it sent is written (hypercorn's socket writes
+        # are shielded and complete before `send` returns) and nothing more can happen on the socket.
+        # hypercorn 0.18 would still hold it open (in CLOSE-WAIT after a client died) until its ping
+        # task next wakes, up to `websocket_ping_interval` later, because that task is never cancelled:
+        # under a reconnect storm descriptors pile up. So we end the connection ourselves right then;
+        # `trio.serve_listeners` closes the stream.
+        done = trio.CancelScope()
+
+        async def app_for_this_socket(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                if scope["type"] == "websocket":
+                    done.cancel()
+
+        with done:
+            try:
+                await TCPServer(
+                    ASGIWrapper(app_for_this_socket), cfg, context, ConnectionState({}), stream  # type: ignore[arg-type]
+                )
+            except Exception as exc:  # logged and counted: one connection's failure never stops the relay
+                app.metrics.inc("connections_crashed_total")
+                app.log.error("connection.crashed", error=f"{exc.__class__.__name__}: {exc}"[:300])
 
     with scope:
         async with trio.open_nursery() as connections:
