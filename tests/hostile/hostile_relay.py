@@ -194,6 +194,12 @@ def resigned(frame: Routed, signer: KeyPair, **changes: Any) -> Routed:
     return attrs.evolve(updated, sig=sign_routed(signer, updated.to, updated.seq, updated.nonce))
 
 
+def retyped(frame: Routed, kind: type[Msg] | type[SessionInit] | type[SessionAck], msg_id: str) -> Routed:
+    """The same routed fields under another frame type (the type is not signed in v2's routed signature)."""
+    fields = {key: value for key, value in attrs.asdict(frame, recurse=False).items() if key != "msg_id"}
+    return kind(msg_id=msg_id, **fields)
+
+
 def flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 

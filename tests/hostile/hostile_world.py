@@ -1,9 +1,9 @@
 """Real daemons behind the hostile relay: homes under /tmp, driven through agentroomctl, and the canary audit.
 
-`Daemon` is one agentroomd home; every method runs `agentroomctl` (which starts the daemon on first
-use) and blocks, so `World` calls them in worker threads while the relay keeps running on the test's
-trio loop. `World` keeps the ledger the assertions need: every message a test sent (each with a
-unique canary), what each daemon must have received, in order, and every invite URL handed out.
+`Daemon` is one agentroomd home, started and read through `agentroomctl`; its methods block, so
+`World` calls them in worker threads while the relay keeps running on the test's trio loop. `World`
+keeps the ledger the assertions need: every message a test sent (each with a unique canary), what
+each daemon must have received, in order, and every invite URL handed out.
 """
 
 import base64

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import attrs
 import pytest
 import trio
-from hostile_relay import flip, inner_of, relay_client, resigned, with_inner
+from hostile_relay import flip, inner_of, relay_client, resigned, retyped, with_inner
 from hostile_world import Daemon, World, encodings
 
 from agentroomd.log import Logger
@@ -95,7 +95,7 @@ async def test_the_relay_cannot_claim_the_invite_and_the_invitee_still_gets_its_
                 accepted.append(await world.accept(bob, url))
 
             nursery.start_soon(accept)
-            ack = await relay.wait_for(lambda: held_acks[0] if held_acks else None)
+            ack: Routed = await relay.wait_for(lambda: held_acks[0] if held_acks else None)
             # the inviter's answer, altered on the way (its signature kept), then as it was sent
             ack_inner = inner_of(ack)
             await relay.deliver(attrs.evolve(ack, ciphertext=b64u(flip(ack_inner, 40)), msg_id=relay.fresh_id()))
@@ -117,8 +117,10 @@ async def test_the_relay_cannot_claim_the_invite_and_the_invitee_still_gets_its_
         await world.say(alice, bob, "and the inviter answers")
         at_alice, at_bob = await world.check(alice, bob)
         assert mallory.deliveries == []  # the inviter never answered the relay's identity
+    # unsolicited_session_init: the relay's claims (no secret, or someone else's handshake, or an invite
+    # already redeemed) and the altered one; duplicates: the invitee's claim again, from a peer we have
     assert rejections(at_alice) == {"unsolicited_session_init": 6, "duplicates": 2}
-    assert rejections(at_bob) == {"undecryptable": 1}
+    assert rejections(at_bob) == {"undecryptable": 1}  # the altered SESSION_ACK
     assert await world.run(alice.peers) == [bob.pk]
     assert await world.run(bob.peers) == [alice.pk]
     assert [(f.from_, f.to) for f in relay.routed if isinstance(f, SessionAck)] == [(alice.pk, bob.pk)]
@@ -168,6 +170,8 @@ async def test_injected_and_forged_messages_are_refused(world: World) -> None:
     await world.say(alice, bob, "after the injection")
     await world.say(bob, alice, "bob still talks")
     at_bob, at_alice = await world.check(bob, alice)
+    # bad_signature: "from alice" without alice's signature; unknown_peer: no session with the relay's
+    # identity; undecryptable: alice's signature, but the nonce is no longer the frame's digest
     assert rejections(at_bob) == {"bad_signature": 3, "unknown_peer": 3, "undecryptable": 2}
     assert rejections(at_alice) == {"bad_signature": 1}
     await world.audit()
@@ -216,7 +220,7 @@ async def test_reordered_and_late_messages_from_the_previous_chain_arrive_exactl
     held = relay.hold(msgs_between(alice, bob))
     first = [await world.say(alice, bob, f"window {i}", arrives=False) for i in (1, 2, 3)]
     relay.route_normally()
-    order = [first[2], first[0], first[1]]  # 3, 1, 2
+    order = [first[2], first[0], first[1]]  # 3, 1, 2: the daemon releases each as it decrypts it
     for said in order:
         await relay.deliver(said.frame)
     world.arrived(order)
@@ -258,6 +262,7 @@ async def test_frames_reflected_to_their_sender_are_refused(world: World) -> Non
     await world.say(bob, alice, "bob after the reflection")
     await world.say(alice, bob, "alice after the reflection")
     at_alice, at_bob = await world.check(alice, bob)
+    # misaddressed: `to` is bob; bad_signature: alice signed {from alice, to bob}, nothing else
     assert rejections(at_alice) == {"misaddressed": 2, "bad_signature": 4}
     assert rejections(at_bob) == {}
     await world.audit()
@@ -287,6 +292,8 @@ async def test_frames_spliced_from_another_session_are_refused(world: World) -> 
     await world.say(carol, dave, "second session goes on")
     await world.say(dave, carol, "both ways too")
     at_bob, at_dave, at_alice, at_carol = await world.check(bob, dave, alice, carol)
+    # misaddressed: for someone else; bad_signature: the signer did not address it so; undecryptable:
+    # a genuine signature over another frame's digest
     assert rejections(at_bob) == {"misaddressed": 1, "bad_signature": 3, "undecryptable": 1}
     assert rejections(at_dave) == {"misaddressed": 1, "bad_signature": 1, "undecryptable": 1}
     assert rejections(at_alice) == rejections(at_carol) == {}
@@ -312,9 +319,7 @@ async def test_a_stripped_or_altered_version_or_type_is_refused(world: World) ->
         attrs.evolve(genuine, ratchet_pk=b64u(header_of(genuine).ratchet_pk), msg_id=fresh()),
         resigned(attrs.evolve(genuine, ciphertext=b64u(os.urandom(64)), nonce=b64u(os.urandom(24)),
                               ratchet_pk=b64u(os.urandom(32)), msg_id=fresh()), relay.identity),
-        # the MSG delivered as a handshake frame
-        SessionInit(**{k: v for k, v in attrs.asdict(genuine, recurse=False).items() if k != "msg_id"},
-                    msg_id=fresh()),
+        retyped(genuine, SessionInit, fresh()),  # the MSG delivered as a handshake frame
     ]
     for variant in variants:
         await relay.deliver(variant)
@@ -323,6 +328,8 @@ async def test_a_stripped_or_altered_version_or_type_is_refused(world: World) ->
     await world.say(alice, bob, "after the downgrade")
     await world.say(bob, alice, "and back")
     at_bob, _ = await world.check(bob, alice)
+    # undecryptable: alice's signature kept, so the frame no longer matches it (version, type, digest,
+    # ratchet_pk); bad_signature: the digest made to match; duplicates: a SESSION_INIT from a peer
     assert rejections(at_bob) == {"undecryptable": 4, "bad_signature": 2, "duplicates": 1}
     await world.audit()
 
@@ -383,9 +390,7 @@ async def test_a_replayed_or_retyped_session_ack_is_counted(world: World) -> Non
     genuine_ack = next(f for f in relay.routed if isinstance(f, SessionAck))
     await relay.deliver(attrs.evolve(genuine_ack, msg_id=relay.fresh_id()))  # the handshake answer, replayed
     msg = (await world.say(alice, bob, "a message")).frame
-    retyped = SessionAck(**{k: v for k, v in attrs.asdict(msg, recurse=False).items() if k != "msg_id"},
-                         msg_id=relay.fresh_id())
-    await relay.deliver(retyped)
+    await relay.deliver(retyped(msg, SessionAck, relay.fresh_id()))
     await world.say(alice, bob, "after")
     (at_bob,) = await world.check(bob)  # nothing bogus arrives: this part holds
     assert rejections(at_bob) != {}  # fails: both frames vanished without a trace
