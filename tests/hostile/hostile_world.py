@@ -35,7 +35,7 @@ from ratchet.v3.invite import INVITE_PREFIX_V3
 
 BIN = Path(sys.executable).parent
 FAST_CLIENT = "[client]\nack_timeout_s = 5.0\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n"
-LISTEN_TIMEOUT_S = "20"
+LISTEN_TIMEOUT_S = 20.0
 T = TypeVar("T")
 
 
@@ -88,9 +88,9 @@ class Daemon:
     def peers(self) -> list[str]:
         return [peer["pk"] for peer in self.one("peers")["peers"]]
 
-    def inbox(self, count: int) -> list[dict[str, Any]]:
+    def inbox(self, count: int, timeout_s: float = LISTEN_TIMEOUT_S) -> list[dict[str, Any]]:
         """Every message kept by the daemon, oldest first, exactly ``count`` of them (as `listen` prints them)."""
-        return self.ctl("listen", "--since", "0", "--count", str(count), "--timeout", LISTEN_TIMEOUT_S)
+        return self.ctl("listen", "--since", "0", "--count", str(count), "--timeout", str(timeout_s))
 
     def stop(self) -> None:
         subprocess.run([str(BIN / "agentroomctl"), "--home", str(self.home), "--no-autostart", "stop"],
@@ -169,7 +169,7 @@ class World:
         for said in saids:
             self.expected[said.receiver].append(said)
 
-    async def check(self, *receivers: Daemon) -> list[Counter[str]]:
+    async def check(self, *receivers: Daemon, timeout_s: float = LISTEN_TIMEOUT_S) -> list[Counter[str]]:
         """Each receiver's inbox, checked side by side; returns their counters (status --json), in order.
 
         `listen` must show exactly the expected messages, each once, in order, with the sender's
@@ -181,7 +181,7 @@ class World:
 
         async def check_one(receiver: Daemon) -> None:
             want = self.expected[receiver.name]
-            got = await self.run(receiver.inbox, len(want))
+            got = await self.run(receiver.inbox, len(want), timeout_s)
             sender_pk = {name: daemon.pk for name, daemon in self.daemons.items()}
             assert [(m["from"], m["text"], m["msg_id"]) for m in got] == [
                 (sender_pk[s.sender], s.text, s.msg_id) for s in want
