@@ -3,7 +3,8 @@
 The path of a message through this module:
 
 send:    resolve peer -> (peer lock) encrypt -> store state + outbox + journal in one transaction
-         -> wake the relay's sender -> sender sends outbox rows in order -> relay ACK -> outbox row done
+         -> hand the committed row to the relay's sender -> it sends rows in order -> relay ACK
+         -> outbox row done
 receive: DELIVERY -> signature -> (peer lock) decrypt -> store state + journal in one transaction
          -> subscribers -> the connection acknowledges the DELIVERY to the relay
 
@@ -11,6 +12,10 @@ A frame is sealed and saved before it leaves, so a crash re-sends the same seale
 re-using a message key; a received frame is journaled before it is acknowledged, and journaled only
 once (the journal is keyed by the sender's msg_id), so a crash between the two re-delivers it and the
 duplicate is recognised.
+
+The outbox table is the source of truth for what is still to be sent. While a relay connection stays
+up, its sender takes rows just committed from memory (`_fresh`) rather than reading them back from
+SQLite; after a start, a reconnect or any failed send it reads the table again (`_reread`), in order.
 """
 
 import time
@@ -23,7 +28,7 @@ from agentroomd.client.connection import Backoff, ConnectionLost, DeliveryNotSto
 from agentroomd.client.handshakes import REGISTRY_KEY, Handshakes, InviteInfo
 from agentroomd.client.journal import StoreJournal
 from agentroomd.client.peer_session import Duplicate, PeerSession, SealError
-from agentroomd.client.store import ClientStore, PeerRow, StoreError
+from agentroomd.client.store import ClientStore, OutboxRow, PeerRow, StoreError
 from agentroomd.control.api import ReceivedMessage
 from agentroomd.log import Logger, short_pk
 from ratchet import v3
@@ -101,6 +106,8 @@ class SessionManager:
         self._locks: dict[str, trio.Lock] = {}
         self._connections: dict[str, RelayConnection] = {}
         self._wake: dict[str, trio.Event] = {}
+        self._fresh: dict[str, list[OutboxRow]] = {}  # per relay: rows committed since its sender last looked
+        self._reread: dict[str, bool] = {}  # per relay: the sender must read the outbox table again
         self._send_waiters: dict[str, _SendWaiter] = {}
         self._nursery: trio.Nursery | None = None
         self._connection_scopes: dict[str, trio.CancelScope] = {}
@@ -167,6 +174,8 @@ class SessionManager:
             )
             self._connections[url] = conn
             self._wake[url] = trio.Event()
+            self._fresh[url] = []
+            self._reread[url] = True
             scope = self._connection_scopes[url] = trio.CancelScope()
             self._nursery.start_soon(self._run_connection, conn, scope)
         return conn
@@ -189,6 +198,8 @@ class SessionManager:
         scope.cancel()
         self._connections.pop(url, None)
         self._wake.pop(url, None)
+        self._fresh.pop(url, None)
+        self._reread.pop(url, None)
         return True
 
     def relays(self) -> list[RelayConnection]:
@@ -273,15 +284,18 @@ class SessionManager:
             except SealError as exc:
                 raise ClientError(exc.kind, f"cannot encrypt for {short_pk(pk)}: {exc}") from exc
             waiter = self._send_waiters[frame.msg_id] = _SendWaiter()
+            sealed = serialize_frame(frame)
             try:
-                await self.store.call(self.store.record_outgoing, pk, new_session.dump(), frame.msg_id,
-                                      row.relay_url, serialize_frame(frame), text, ts)
+                row_id = await self.store.call(self.store.record_outgoing, pk, new_session.dump(), frame.msg_id,
+                                               row.relay_url, sealed, text, ts)
             except StoreError as exc:
                 self._send_waiters.pop(frame.msg_id, None)
                 raise ClientError("store_failed", f"message not sent: {exc}") from exc
             self._sessions[pk] = new_session
+            # Still under the peer lock: this peer's rows reach the sender in the order they were sealed.
+            self.connection(row.relay_url)
+            self._fresh[row.relay_url].append(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
         self.counters.sent += 1
-        self.connection(row.relay_url)
         self._wake[row.relay_url].set()
         try:
             with trio.move_on_after(timeout_s):
@@ -295,12 +309,24 @@ class SessionManager:
         return waiter.status, frame.msg_id, pk
 
     async def _outbox_sender(self, conn: RelayConnection) -> None:
-        """Sends this relay's outbox in order, one frame at a time, each until the relay answers it."""
+        """Sends this relay's outbox in order, one frame at a time, each until the relay answers it.
+
+        Rows come from `_fresh` while all is well; from the table after a start, a reconnect or a failed
+        send. A row committed while the table was being read may be in both: ``read_last`` skips it.
+        """
         url = conn.url
+        read_last: set[str] = set()
         while True:
             wake = self._wake[url]
             await conn.wait_connected()
-            rows = await self.store.call(self.store.outbox, url)
+            if self._reread[url]:
+                self._reread[url] = False
+                self._fresh[url] = []  # every row in it is committed, so in the table
+                rows = await self.store.call(self.store.outbox, url)
+                read_last = {row.msg_id for row in rows}
+            else:
+                rows = sorted((row for row in self._fresh[url] if row.msg_id not in read_last), key=lambda r: r.id)
+                self._fresh[url] = []
             if not rows:
                 await wake.wait()
                 self._wake[url] = trio.Event()
@@ -309,7 +335,9 @@ class SessionManager:
                 try:
                     answer = await self._request(conn, row.msg_id, row.frame, 30.0)
                 except ClientError:
-                    break  # connection dropped or relay silent: wait for the reconnect, then resend in order
+                    # connection dropped or relay silent: wait for the reconnect, then resend in order
+                    self._reread[url] = True
+                    break
                 if isinstance(answer, Ack) and answer.status in ("delivered", "queued"):
                     await self.store.call(self.store.outbox_done, row.msg_id, answer.status)
                     self._finish_send(row.msg_id, answer.status, None)
@@ -318,6 +346,7 @@ class SessionManager:
                 message = answer.message if isinstance(answer, Error) else (answer.error or "")
                 if code in ("RATE_LIMIT", "ACK_ERROR", "UNAUTH"):
                     self.log.warn("outbox.retry", relay=url, code=code)
+                    self._reread[url] = True
                     await trio.sleep(RETRY_DELAY_S)
                     break
                 # The relay will never take this frame (malformed by its rules): drop it, tell the sender.
@@ -332,6 +361,8 @@ class SessionManager:
             waiter.done.set()
 
     async def _on_connected(self, conn: RelayConnection) -> None:
+        if conn.url in self._reread:
+            self._reread[conn.url] = True
         self._wake[conn.url].set()
         await trio.lowlevel.checkpoint()
 

@@ -290,26 +290,29 @@ class ClientStore:
     # -- sending: ratchet state and sealed frame in one transaction ------------------------------
 
     def record_outgoing(self, peer_pk: str, state: bytes, msg_id: str, relay_url: str, frame: str,
-                        text: str | None, ts: int) -> None:
+                        text: str | None, ts: int) -> int:
         """Save the advanced ratchet state, the sealed frame (outbox) and the journal line together.
 
         Runs before the frame leaves: after a crash the frame is re-sent from the outbox and the
-        ratchet never re-derives the same message key for another plaintext.
+        ratchet never re-derives the same message key for another plaintext. Returns the outbox row's id.
         """
 
-        def body(db: sqlite3.Connection) -> None:
+        def body(db: sqlite3.Connection) -> int:
             db.execute("UPDATE peers SET state = ? WHERE pk = ?", (state, peer_pk))
-            db.execute(
+            cur = db.execute(
                 "INSERT INTO outbox (msg_id, relay_url, peer_pk, frame, created_at) VALUES (?, ?, ?, ?, ?)",
                 (msg_id, relay_url, peer_pk, frame, ts),
             )
+            assert cur.lastrowid is not None
+            row_id = cur.lastrowid
             if text is not None:
                 db.execute(
                     "INSERT INTO journal (msg_id, peer_pk, direction, text, ts, status) VALUES (?, ?, 'out', ?, ?, ?)",
                     (msg_id, peer_pk, text, ts, "pending"),
                 )
+            return row_id
 
-        self._tx(body)
+        return self._tx(body)
 
     def outbox(self, relay_url: str) -> list[OutboxRow]:
         rows = self._query(
