@@ -6,12 +6,14 @@ own peers). The version is chosen once per conversation, by the invite, and neve
 peer's frames are never tried as v2 or the other way round.
 """
 
+import uuid
 from typing import Literal
 
 import attrs
 
 from ratchet import session as v2
 from ratchet import v3
+from ratchet.encoding import b64u_decode
 from ratchet.errors import RatchetError
 from ratchet.frames import FrameError, Msg
 from ratchet.keys import KeyPair
@@ -29,6 +31,20 @@ class SealError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Relabelled(RatchetError):
+    """A v3 frame whose msg_id is not the one its sealed content implies: the relay changed it."""
+
+
+def v3_msg_id(nonce: str) -> str:
+    """The msg_id of a v3 frame: a version-4 UUID made of its digest (the routed ``nonce``).
+
+    The routed msg_id is covered by no signature; tying it to the frame's digest, which the signature
+    and the AEAD do cover, stops a relay from relabelling a genuine message (the receiver journals,
+    deduplicates and reports by msg_id) and gives both sides the same id for it.
+    """
+    return str(uuid.UUID(bytes=b64u_decode(nonce)[:16], version=4))
 
 
 class Duplicate(Exception):
@@ -64,11 +80,14 @@ class PeerSession:
 
     def seal(self, identity: KeyPair, own_pk: str, peer_pk: str, plaintext: bytes, msg_id: str, ts: int,
              rng: RandomSource) -> tuple["PeerSession", Msg]:
-        """The advanced session and the MSG frame to save (outbox) and then send."""
+        """The advanced session and the MSG frame to save (outbox) and then send.
+
+        ``msg_id`` is used for v2; a v3 frame's msg_id is derived from its digest (`v3_msg_id`).
+        """
         try:
             if isinstance(self.state, v3.Session):
                 sealed = v3.encrypt(self.state, identity, plaintext, ts, rng)
-                frame = routed_frame(sealed.frame, msg_id, ts)
+                frame = routed_frame(sealed.frame, v3_msg_id(sealed.frame.nonce), ts)
                 assert isinstance(frame, Msg)
                 return PeerSession(3, sealed.state), frame
             new_state, box = v2.encrypt(self.state, plaintext, ts, rng)
@@ -87,6 +106,8 @@ class PeerSession:
         way this session is still the one to keep.
         """
         if isinstance(self.state, v3.Session):
+            if msg.msg_id != v3_msg_id(msg.nonce):
+                raise Relabelled("msg_id does not match the frame's digest")
             try:
                 opened = v3.decrypt(self.state, fields_from_routed(msg), now_ms)
             except v3_errors.DuplicateMessageError as exc:
