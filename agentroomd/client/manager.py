@@ -5,7 +5,8 @@ The path of a message through this module:
 send:    resolve peer -> (peer lock) encrypt -> store state + outbox + journal in one transaction
          -> hand the committed row to the relay's sender -> it sends rows in order -> relay ACK
          -> outbox row done
-receive: DELIVERY -> signature -> (peer lock) decrypt -> store state + journal in one transaction
+receive: DELIVERY -> signature -> (peer lock) decrypt -> store state + journal in one transaction (which
+         also recognises a frame journaled before)
          -> subscribers -> the connection acknowledges the DELIVERY to the relay
 
 A frame is sealed and saved before it leaves, so a crash re-sends the same sealed frame instead of
@@ -413,15 +414,19 @@ class SessionManager:
             self.log.warn("message.unknown_peer", peer=short_pk(pk))
             return
         async with self._lock(pk):
-            if await self.store.call(self.store.has_message, pk, msg.msg_id):
-                self.counters.duplicates += 1
-                return
+            # A frame already journaled (the relay delivers it again after a crash or a lost
+            # DELIVERY_ACK) is recognised without a store round trip on the common path: its message
+            # key is spent, so opening it fails (then the journal says whether it is a duplicate), and
+            # should it open anyway, `record_incoming` finds it in the same transaction and changes nothing.
             try:
                 new_session, kind, plaintext = self._sessions[pk].open(msg, self.clock_ms())
             except Duplicate:
                 self.counters.duplicates += 1
                 return
             except RatchetError as exc:
+                if await self.store.call(self.store.has_message, pk, msg.msg_id):
+                    self.counters.duplicates += 1
+                    return
                 self.counters.undecryptable += 1
                 self.log.warn("message.undecryptable", peer=short_pk(pk), seq=msg.seq, reason=type(exc).__name__)
                 return
@@ -434,10 +439,10 @@ class SessionManager:
             text = plaintext.decode("utf-8", errors="replace")
             ts = self.clock_ms()
             cursor = await self.store.call(self.store.record_incoming, pk, new_session.dump(), msg.msg_id, text, ts)
-            self._sessions[pk] = new_session
-            if cursor is None:
+            if cursor is None:  # journaled before: the stored session did not change, so neither does ours
                 self.counters.duplicates += 1
                 return
+            self._sessions[pk] = new_session
             # no checkpoint between the journal advancing and the announcement: no subscriber can miss it
             self.journal.advanced_to(cursor)
             self.on_received(ReceivedMessage(cursor=cursor, from_=pk, text=text, msg_id=msg.msg_id, ts=ts))
