@@ -303,6 +303,10 @@ class Handshakes:
                 self.m.log.warn("session_ack.invalid", peer=short_pk(pk))
                 return
             self.mark_established(pk)
+        else:
+            # no handshake of ours is waiting for it: a replayed answer, or another frame retyped by the relay
+            self.m.counters.undecryptable += 1
+            self.m.log.warn("session_ack.unexpected", peer=short_pk(pk))
 
     def _wake_accept(self, pk: str) -> None:
         event = self.handshake_events.pop(pk, None)
