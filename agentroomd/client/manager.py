@@ -294,8 +294,13 @@ class SessionManager:
                 raise ClientError("store_failed", f"message not sent: {exc}") from exc
             self._sessions[pk] = new_session
             # Still under the peer lock: this peer's rows reach the sender in the order they were sealed.
-            self.connection(row.relay_url)
-            self._fresh[row.relay_url].append(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
+            # Offline, the row is left to the table (so an outage does not pile copies of the outbox up
+            # in memory), and the sender must then read the table before it takes anything from memory.
+            conn = self.connection(row.relay_url)
+            if conn.is_connected and not self._reread[row.relay_url]:
+                self._fresh[row.relay_url].append(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
+            else:
+                self._reread[row.relay_url] = True
         self.counters.sent += 1
         self._wake[row.relay_url].set()
         try:
