@@ -297,6 +297,7 @@ class Handshakes:
                 self.m._peers[pk] = attrs.evolve(row, handshake="established")
             self.m.log.info("session.established", peer=short_pk(pk), role="invitee", version=3)
             self._wake_accept(pk)
+            await self.m.open_early_frames(pk)
         elif pending.get("state") == "claimed":
             if not check_session_ack(b64u_decode(pending["key_a"]), pending["nonce"], ack.ciphertext, ack.nonce):
                 self.m.counters.undecryptable += 1

@@ -35,7 +35,7 @@ from agentroomd.log import Logger, short_pk
 from ratchet import v3
 from ratchet.encoding import b64u_encode
 from ratchet.errors import RatchetError
-from ratchet.frames import Ack, Delivery, Error, Msg, SessionAck, SessionInit, serialize_frame
+from ratchet.frames import Ack, Delivery, Error, FrameError, Msg, SessionAck, SessionInit, parse_frame, serialize_frame
 from ratchet.keys import KeyPair
 from ratchet.rand import SYSTEM_RANDOM, RandomSource
 from ratchet.signatures import verify_routed
@@ -45,6 +45,7 @@ V2_MAX_PLAINTEXT = 147_440  # 196,608 base64url chars of ciphertext, minus the 1
 # One limit for every peer, whatever its protocol: v3's frame header makes its limit slightly lower.
 MAX_PLAINTEXT_BYTES = min(V2_MAX_PLAINTEXT, V3_MAX_PLAINTEXT)
 RETRY_DELAY_S = 1.0
+EARLY_LIMIT = 1000  # frames kept per peer while its handshake is unfinished
 PRUNE_INTERVAL_S = 300.0
 
 
@@ -414,6 +415,14 @@ class SessionManager:
 
     async def _on_msg(self, msg: Msg) -> None:
         pk = msg.from_
+        if pk not in self._sessions and pk in self._peers:
+            # Our handshake with this peer waits for its answer, which this frame overtook (v3 lets the
+            # inviter speak first). Keep it, durably, and open it once the session exists.
+            kept = await self.store.call(self.store.keep_early, pk, msg.msg_id, serialize_frame(msg), EARLY_LIMIT)
+            self.log.info("message.early", peer=short_pk(pk), kept=kept)
+            if not kept:
+                self.counters.undecryptable += 1
+            return
         if pk not in self._sessions:
             self.counters.unknown_peer += 1
             self.log.warn("message.unknown_peer", peer=short_pk(pk))
@@ -453,3 +462,14 @@ class SessionManager:
             self.on_received(ReceivedMessage(cursor=cursor, from_=pk, text=text, msg_id=msg.msg_id, ts=ts))
         self.counters.received += 1
         self.handshakes.mark_established(pk)
+
+    async def open_early_frames(self, pk: str) -> None:
+        """The handshake with ``pk`` just finished: open the frames that overtook its answer, in order."""
+        for text in await self.store.call(self.store.early_frames, pk):
+            try:
+                frame = parse_frame(text)
+            except FrameError:
+                continue
+            if isinstance(frame, Msg):
+                await self._on_msg(frame)  # journaled (or refused) one by one; a crash here replays the rest
+        await self.store.call(self.store.drop_early, pk)

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     frame TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS early_frames (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    peer_pk TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    frame TEXT NOT NULL,
+    UNIQUE (peer_pk, msg_id)
+);
 CREATE TABLE IF NOT EXISTS journal (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
     msg_id TEXT NOT NULL,
@@ -367,6 +374,28 @@ class ClientStore:
             return cur.lastrowid
 
         return self._tx(body)
+
+    # -- frames that arrived before their session could open them ----------------------------------
+
+    def keep_early(self, peer_pk: str, msg_id: str, frame: str, limit: int) -> bool:
+        """Keep a frame that overtook the handshake's answer; False when ``limit`` frames are kept already."""
+
+        def body(db: sqlite3.Connection) -> bool:
+            (count,) = db.execute("SELECT COUNT(*) FROM early_frames WHERE peer_pk = ?", (peer_pk,)).fetchone()
+            if count >= limit:
+                return False
+            db.execute("INSERT OR IGNORE INTO early_frames (peer_pk, msg_id, frame) VALUES (?, ?, ?)",
+                       (peer_pk, msg_id, frame))
+            return True
+
+        return self._tx(body)
+
+    def early_frames(self, peer_pk: str) -> list[str]:
+        rows = self._query("SELECT frame FROM early_frames WHERE peer_pk = ? ORDER BY id", (peer_pk,))
+        return [row[0] for row in rows]
+
+    def drop_early(self, peer_pk: str) -> None:
+        self._tx(lambda db: db.execute("DELETE FROM early_frames WHERE peer_pk = ?", (peer_pk,)))
 
     def journal_since(self, cursor: int, limit: int = 1000, direction: str = "in") -> list[JournalRow]:
         rows = self._query(

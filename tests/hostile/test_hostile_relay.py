@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import attrs
-import pytest
 import trio
 from hostile_relay import flip, inner_of, relay_client, resigned, retyped, with_inner
 from hostile_world import Daemon, World, encodings
@@ -393,12 +392,9 @@ async def test_a_replayed_or_retyped_session_ack_is_counted(world: World) -> Non
     assert rejections(at_bob) == {"undecryptable": 2}  # and both frames are counted as refused
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a message that overtakes the SESSION_ACK is acknowledged and dropped "
-                   "(unknown_peer) by the invitee, so the relay can make the inviter's first message vanish")
 async def test_a_message_delivered_before_the_handshake_answer_is_not_lost(world: World) -> None:
     # v3 lets the inviter speak first, on the chain the handshake gave it. If the relay delivers that
-    # message before the SESSION_ACK, the invitee (handshake still pending) counts it as unknown_peer,
-    # acknowledges the DELIVERY and forgets it (manager._on_msg): reordering becomes loss.
+    # message before the SESSION_ACK, the invitee keeps it (durably) and opens it once the answer comes.
     relay = world.relay
     alice, bob = await world.daemons_named("alice", "bob")
     url = await world.invite(alice)
@@ -410,5 +406,5 @@ async def test_a_message_delivered_before_the_handshake_answer_is_not_lost(world
         await world.say(alice, bob, "the inviter speaks first")  # overtakes the handshake answer
         await relay.deliver(held_acks[0])
     await world.say(alice, bob, "and again")
-    (at_bob,) = await world.check(bob, timeout_s=3)  # fails: only "and again" arrives
+    (at_bob,) = await world.check(bob, timeout_s=3)
     assert rejections(at_bob) == {}
