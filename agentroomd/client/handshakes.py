@@ -208,17 +208,17 @@ class Handshakes:
             self._unsolicited(pk, "invite issued for another relay")
             return
         peer = PeerSession(2, session)
+        ack = SessionAck(msg_id=self.m.rng.uuid4(), ts=self.m.clock_ms(), from_=fields.from_pk, to=fields.to,
+                         ciphertext=fields.ciphertext, nonce=fields.nonce, sig=fields.sig, seq=fields.seq)
         async with self.m._lock(pk):
             store = self.m.store
             added = await store.call(store.add_peer, pk, invite.relay_url, peer.dump(), "established", None,
-                                     invite.invite_id)
+                                     invite.invite_id, outbox_frame=(ack.msg_id, serialize_frame(ack)))
             if not added:
                 self._unsolicited(pk, "reused")
                 return
             self.remember(pk, peer, invite.relay_url, "established", None, 2)
-        ack = SessionAck(msg_id=self.m.rng.uuid4(), ts=self.m.clock_ms(), from_=fields.from_pk, to=fields.to,
-                         ciphertext=fields.ciphertext, nonce=fields.nonce, sig=fields.sig, seq=fields.seq)
-        await self._established_as_inviter(conn, pk, invite.invite_id, ack, 2)
+        self._established_as_inviter(invite.relay_url, pk, invite.invite_id, 2)
 
     async def _on_session_init_v3(self, conn: Any, init: SessionInit) -> None:
         pk = init.from_
@@ -239,34 +239,30 @@ class Handshakes:
                 self._unsolicited(pk, "invite issued for another relay" if invite else "unknown invite")
                 return
             peer = PeerSession(3, accepted.session)
+            ack = routed_frame(accepted.frame, self.m.rng.uuid4(), self.m.clock_ms())
             async with self.m._lock(pk):
                 added = await self.m.store.call(
                     self.m.store.add_peer, pk, invite.relay_url, peer.dump(), "established", None, invite.invite_id,
                     version=3, meta={REGISTRY_KEY: v3.registry_to_json(accepted.registry).decode()},
+                    outbox_frame=(ack.msg_id, serialize_frame(ack)),
                 )
                 if not added:
                     self._unsolicited(pk, "reused")
                     return
                 self.registry = accepted.registry
                 self.remember(pk, peer, invite.relay_url, "established", None, 3)
-        ack = routed_frame(accepted.frame, self.m.rng.uuid4(), self.m.clock_ms())
-        await self._established_as_inviter(conn, pk, invite.invite_id, ack, 3)
+        self._established_as_inviter(invite.relay_url, pk, invite.invite_id, 3)
 
     def _unsolicited(self, pk: str, reason: str) -> None:
         self.m.counters.unsolicited_session_init += 1
         self.m.log.warn("session_init.rejected", peer=short_pk(pk), reason=reason)
 
-    async def _established_as_inviter(self, conn: Any, pk: str, invite_id: str, ack: Any,
-                                      version: int) -> None:
-        from agentroomd.client.connection import ConnectionLost
-
+    def _established_as_inviter(self, relay_url: str, pk: str, invite_id: str, version: int) -> None:
+        """The session and its SESSION_ACK (in the outbox) are committed: send it, tell who listens."""
         self.m.log.info("session.established", peer=short_pk(pk), role="inviter", invite_id=invite_id, version=version)
+        self.m.outbox_changed(relay_url)
         self.m.on_peer(pk)
         self.m.on_invite_redeemed(invite_id, pk)
-        try:
-            await conn.send_frame(ack)
-        except ConnectionLost:
-            self.m.log.warn("session_ack.not_sent", peer=short_pk(pk))
 
     # -- the invitee's side ---------------------------------------------------------------------
 

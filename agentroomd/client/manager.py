@@ -473,3 +473,9 @@ class SessionManager:
             if isinstance(frame, Msg):
                 await self._on_msg(frame)  # journaled (or refused) one by one; a crash here replays the rest
         await self.store.call(self.store.drop_early, pk)
+
+    def outbox_changed(self, relay_url: str) -> None:
+        """Rows were committed to the outbox outside `send_message`: the sender re-reads the table."""
+        self.connection(relay_url)
+        self._reread[relay_url] = True
+        self._wake[relay_url].set()

@@ -213,12 +213,15 @@ class ClientStore:
         return PeerRow(*rows[0]) if rows else None
 
     def add_peer(self, pk: str, relay_url: str, state: bytes, handshake: str, alias: str | None = None,
-                 invite_id: str | None = None, version: int = 2, meta: dict[str, str] | None = None) -> bool:
+                 invite_id: str | None = None, version: int = 2, meta: dict[str, str] | None = None,
+                 outbox_frame: tuple[str, str] | None = None) -> bool:
         """Insert a new peer; False when the peer already exists (a duplicate SESSION_INIT is ignored).
 
         With ``invite_id`` the invite is marked redeemed in the same transaction, so an invite can
         create at most one session even if two SESSION_INITs race; ``meta`` (e.g. the v3 invite
-        registry that the redemption changed) is written in that transaction too.
+        registry that the redemption changed) is written in that transaction too, and so is
+        ``outbox_frame`` (msg_id, frame text): the inviter's SESSION_ACK, sent from the outbox like any
+        other frame, so a crash or a dropped connection cannot leave the invitee waiting forever.
         """
 
         def body(db: sqlite3.Connection) -> bool:
@@ -237,6 +240,11 @@ class ClientStore:
             )
             for key, value in (meta or {}).items():
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            if outbox_frame is not None:
+                db.execute(
+                    "INSERT INTO outbox (msg_id, relay_url, peer_pk, frame, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (outbox_frame[0], relay_url, pk, outbox_frame[1], _now_ms()),
+                )
             return True
 
         return self._tx(body)

@@ -323,3 +323,22 @@ async def test_expired_skipped_keys_are_erased_from_disk(world: tuple[RelayProc,
     alice.manager.clock_ms = lambda: real_clock() + lifetime_ms + 60_000
     assert await alice.manager.prune_expired_keys() == 1
     assert saved_skipped() == 0
+
+
+async def test_an_inviter_that_dies_right_after_the_handshake_still_answers_it(tmp_path: Path,
+                                                                            nursery: trio.Nursery) -> None:
+    """The SESSION_ACK is committed with the new session (in the outbox), so a crash cannot lose it."""
+    relay = await start_relay(nursery, tmp_path / "relay.db")
+    alice_keys = KeyPair.generate()
+    alice = await start_agent(nursery, tmp_path / "alice", "alice", alice_keys)
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    invite = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000)
+    # alice "dies" the moment the session is committed, before her sender could run
+    alice.manager.on_invite_redeemed = lambda invite_id, pk: alice.scope.cancel()
+    _, _, answered = await bob.manager.accept_invite(invite.url, wait_ack_s=0.5)
+    assert not answered
+    alice_again = await start_agent(nursery, tmp_path / "alice", "alice", alice_keys)  # same home and store
+    await alice_again.manager.send_message(bob.pk, "after the crash")
+    assert (await bob.next_message()).text == "after the crash"  # the answer went first, then the message
+    await bob.manager.send_message(alice.pk, "and back")
+    assert (await alice_again.next_message()).text == "and back"
