@@ -81,7 +81,8 @@ def build_parser() -> Parser:
     )
     create = command("create", "create a single-use invite URL for a peer", invite)
     create.add_argument("--relay", help="relay URL to embed (ws://HOST:PORT/ws or wss://...)")
-    create.add_argument("--ttl", type=_duration_ms, help="lifetime, e.g. 24h, 90m, 3600s, 1d (default 24h)")
+    create.add_argument("--ttl", type=_duration_ms,
+                        help="lifetime, e.g. 24h, 90m, 3600s, 1d (default [client] invite_ttl_s, 24h)")
     create.add_argument("--compat", choices=["v2"], help="v2: invite a TypeScript agentroom peer (default: v3)")
     accept = command("accept", "accept an invite URL from a peer", invite)
     accept.add_argument("url", help="agentroom://invite/...")
@@ -107,7 +108,8 @@ def build_parser() -> Parser:
     room_open.add_argument("--name", help="a unique name for the room, usable instead of its id")
     room_open.add_argument("--port", type=_port, help="the room relay's port (default: any free one, kept)")
     room_open.add_argument("--seed", help="send TEXT to the guest once it has joined (counts as turn 1)")
-    room_open.add_argument("--ttl", type=_duration_ms, help="the invite's lifetime, e.g. 24h (default 24h)")
+    room_open.add_argument("--ttl", type=_duration_ms,
+                           help="the invite's lifetime, e.g. 24h (default [client] invite_ttl_s, 24h)")
     room_open.add_argument("--compat", choices=["v2"], help="v2: the guest runs the TypeScript agentroom")
     command("list", "list rooms", room)
     room_status = command("status", "show one room", room)

@@ -141,8 +141,10 @@ class RelayConnection:
         clock_ms: Callable[[], int],
         backoff: Backoff | None = None,
         on_connected: Callable[["RelayConnection"], Awaitable[None]] | None = None,
+        ping_interval_s: float = PING_INTERVAL_S,
     ) -> None:
         self.url = url
+        self._ping_interval_s = ping_interval_s
         self._identity = identity
         self._handler = handler
         self._log = log
@@ -334,7 +336,7 @@ class RelayConnection:
 
     async def _pinger(self) -> None:
         while True:
-            await trio.sleep(PING_INTERVAL_S)
+            await trio.sleep(self._ping_interval_s)
             await self.send_frame(make_ping(self._rng, self._clock_ms()))
 
     # -- internals ------------------------------------------------------------------------------

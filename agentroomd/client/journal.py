@@ -31,6 +31,10 @@ class StoreJournal:
     def oldest_cursor(self) -> int:
         return self._oldest
 
+    def refresh_oldest(self, oldest: int | None) -> None:
+        """Old messages were pruned: the oldest kept one is now ``oldest`` (None: none kept)."""
+        self._oldest = oldest if oldest is not None else self._last + 1
+
     def advanced_to(self, cursor: int) -> None:
         """A session journaled a message under ``cursor`` (called right after its commit)."""
         self._last = max(self._last, cursor)

@@ -92,8 +92,12 @@ class SessionManager:
         rng: RandomSource = SYSTEM_RANDOM,
         clock_ms: Callable[[], int] = now_ms,
         backoff_factory: Callable[[], Backoff] = Backoff,
+        ping_interval_s: float = 30.0,
+        journal_keep: int = 10_000,
     ) -> None:
         self.identity = identity
+        self._ping_interval_s = ping_interval_s
+        self._journal_keep = journal_keep
         self.pk = b64u_encode(identity.ed25519_pk)
         self.store = store
         self.journal = StoreJournal(store)
@@ -162,6 +166,13 @@ class SessionManager:
                     await self.store.call(self.store.set_peer_state, pk, pruned.dump())
                     self._sessions[pk] = pruned
                     changed += 1
+        async with self.handshakes.registry_lock:  # v3 invites past expiry: their secrets go too
+            registry = self.handshakes.registry.prune(self.clock_ms())
+            if registry != self.handshakes.registry:
+                await self.store.call(self.store.set_meta, REGISTRY_KEY, v3.registry_to_json(registry).decode())
+                self.handshakes.registry = registry
+        await self.store.call(self.store.prune_journal, self._journal_keep)
+        self.journal.refresh_oldest(await self.store.call(self.store.journal_oldest))
         return changed
 
     def connection(self, url: str) -> RelayConnection:
@@ -173,6 +184,7 @@ class SessionManager:
             conn = RelayConnection(
                 url, self.identity, self, self.log, rng=self.rng, clock_ms=self.clock_ms,
                 backoff=self._backoff_factory(), on_connected=self._on_connected,
+                ping_interval_s=self._ping_interval_s,
             )
             self._connections[url] = conn
             self._wake[url] = trio.Event()

@@ -52,6 +52,7 @@ async def run_sessions(ctx: DaemonContext, *, task_status: trio.TaskStatus[None]
         manager = SessionManager(
             ctx.identity.keypair, store, ctx.log,
             backoff_factory=lambda: Backoff(base_s=settings.reconnect_initial_s, cap_s=settings.reconnect_max_s),
+            ping_interval_s=settings.ping_interval_s, journal_keep=ctx.config.daemon.journal_keep,
         )
         ctx.inbox.use_journal(manager.journal)
         manager.on_received = ctx.inbox.announce

@@ -413,6 +413,23 @@ class ClientStore:
         )
         return [JournalRow(*r) for r in rows]
 
+    def prune_journal(self, keep: int) -> int:
+        """Keep the newest ``keep`` received messages (`listen --since`); returns how many were removed."""
+
+        def body(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT cursor FROM journal WHERE direction = 'in' ORDER BY cursor DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+            if row is None:
+                return 0
+            return db.execute("DELETE FROM journal WHERE direction = 'in' AND cursor <= ?", (row[0],)).rowcount
+
+        return self._tx(body)
+
+    def journal_oldest(self) -> int | None:
+        rows = self._query("SELECT MIN(cursor) FROM journal WHERE direction = 'in'")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
     def journal_tail(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(cursor), 0) FROM journal")
         return int(rows[0][0])

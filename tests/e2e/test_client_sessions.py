@@ -342,3 +342,25 @@ async def test_an_inviter_that_dies_right_after_the_handshake_still_answers_it(t
     assert (await bob.next_message()).text == "after the crash"  # the answer went first, then the message
     await bob.manager.send_message(alice.pk, "and back")
     assert (await alice_again.next_message()).text == "and back"
+
+
+async def test_old_messages_and_expired_invites_are_pruned(world: tuple[RelayProc, Agent, Agent]) -> None:
+    """[daemon] journal_keep bounds the journal; an expired v3 invite's secret leaves the registry and the disk."""
+    from agentroomd.client.handshakes import REGISTRY_KEY
+
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    for i in range(5):
+        await bob.manager.send_message(alice.pk, f"m{i}")
+        await alice.next_message()
+    unused = await alice.manager.create_invite(relay.url, ttl_ms=60_000)
+    assert [i.invite_id for i in alice.manager.handshakes.registry.issued] == [unused.invite_id]
+    alice.manager._journal_keep = 3
+    real_clock = alice.manager.clock_ms
+    alice.manager.clock_ms = lambda: real_clock() + 10 * 60_000  # the unused invite is long expired
+    await alice.manager.prune_expired_keys()
+    assert [row.text for row in alice.store.journal_since(0)] == ["m2", "m3", "m4"]
+    assert alice.manager.journal.oldest_cursor == alice.store.journal_since(0)[0].cursor
+    assert alice.manager.handshakes.registry.issued == ()
+    saved = alice.store.get_meta(REGISTRY_KEY)
+    assert saved is not None and unused.invite_id not in saved
