@@ -49,6 +49,7 @@ class Connection:
         self.unacked: set[str] = set()  # rows delivered on this connection and not yet acknowledged
         self.cursor = 0  # highest `ord` handed to the outbox
         self.caught_up = False  # the pump has handed over every stored row for pk
+        self.caught_up_once = trio.Event()  # set the first time it is (tests wait on it)
         self.close_code: int | None = None
         self.close_reason = ""
         self._wake = trio.Event()
@@ -90,6 +91,8 @@ class Connection:
             return
         self.cursor = 0
         self.caught_up = not rows_waiting and not self._wake.is_set() and not self.hub.inserts_in_flight(self.pk)
+        if self.caught_up:
+            self.caught_up_once.set()
         self._pump_scope = trio.CancelScope()
         self._nursery.start_soon(self._pump, self._pump_scope)
 
@@ -184,6 +187,7 @@ class Connection:
                     continue
                 if not hub.inserts_in_flight(pk):
                     self.caught_up = True
+                    self.caught_up_once.set()
                 await self._wake.wait()
                 continue
             for row in rows:

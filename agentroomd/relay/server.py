@@ -164,12 +164,17 @@ async def serve_relay(
     rng: RandomSource = SYSTEM_RANDOM,
     wall_ms: Callable[[], int] = default_wall_ms,
     clock: Callable[[], float] = time.monotonic,
+    app_factory: Callable[..., RelayApp] = RelayApp,
 ) -> None:
-    """Serve the relay until cancelled; ``task_status.started(RelayHandle)`` once it accepts connections."""
+    """Serve the relay until cancelled; ``task_status.started(RelayHandle)`` once it accepts connections.
+
+    ``app_factory`` builds the ASGI app as ``RelayApp(config, store, log=, rng=, wall_ms=, clock=)``
+    does; tests pass a subclass (the hostile relay) to run it on exactly this stack.
+    """
     config = ensure_hmac_secret(config)
     log = log or Logger("relay", level=config.log_level)
     try:
-        await _serve(config, log, rng, wall_ms, clock, task_status)
+        await _serve(config, log, rng, wall_ms, clock, task_status, app_factory)
     finally:
         log.info("shutdown.done")
 
@@ -181,9 +186,10 @@ async def _serve(
     wall_ms: Callable[[], int],
     clock: Callable[[], float],
     task_status: trio.TaskStatus[RelayHandle],
+    app_factory: Callable[..., RelayApp],
 ) -> None:
     async with open_store(config.db, log) as store:
-        app = RelayApp(config, store, log=log, rng=rng, wall_ms=wall_ms, clock=clock)
+        app = app_factory(config, store, log=log, rng=rng, wall_ms=wall_ms, clock=clock)
         cfg = hypercorn_config(config, log)
         shutdown = trio.Event()
         server_scope = trio.CancelScope(shield=True)

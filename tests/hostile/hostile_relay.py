@@ -20,6 +20,7 @@ stream: the canary audit reads both.
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
@@ -28,10 +29,10 @@ import trio
 from agentroomd.client.connection import RelayConnection
 from agentroomd.log import Logger
 from agentroomd.relay.app import RelayApp
-from agentroomd.relay.config import RelayConfig, ensure_hmac_secret
+from agentroomd.relay.config import RelayConfig
 from agentroomd.relay.connection import Connection
-from agentroomd.relay.server import HYPERCORN_GRACE_S, _serve_connections, hypercorn_config
-from agentroomd.relay.store import RelayStore, open_store
+from agentroomd.relay.server import serve_relay
+from agentroomd.relay.store import RelayStore
 from agentroomd.relay.wire import routed_text
 from ratchet.encoding import b64u_encode
 from ratchet.frames import (
@@ -248,28 +249,13 @@ async def serve_hostile_relay(
 ) -> None:
     """`agentroomd.relay.server.serve_relay` with a `HostileRelay` as the app; started with (app, ws URL).
 
-    Same store, same hypercorn stack and the same ordered shutdown; only the app class differs
-    (serve_relay builds a plain RelayApp and has no hook for another one).
+    Same store, same hypercorn stack and the same ordered shutdown; only the app class differs.
     """
-    config = ensure_hmac_secret(config)
-    async with open_store(config.db, log) as store:
-        app = HostileRelay(config, store, log=log, identity=identity)
-        cfg = hypercorn_config(config, log)
-        shutdown = trio.Event()
-        server_scope = trio.CancelScope(shield=True)
-        await app.prune_now()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(app.maintenance)
-            try:
-                port = await nursery.start(
-                    _serve_connections, app, cfg, config.host, config.port, shutdown, server_scope
-                )
-                task_status.started((app, f"ws://{config.host}:{port}/ws"))
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(config.shutdown_grace_s):
-                        await app.close_all(1001, "server shutting down")
-                    shutdown.set()
-                    server_scope.deadline = trio.current_time() + HYPERCORN_GRACE_S + config.shutdown_grace_s
-                nursery.cancel_scope.cancel()
+
+    def hostile(config: RelayConfig, store: RelayStore, **kwargs: Any) -> HostileRelay:
+        return HostileRelay(config, store, log=kwargs["log"], identity=identity)
+
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(partial(serve_relay, config, log=log, app_factory=hostile))
+        assert isinstance(handle.app, HostileRelay)
+        task_status.started((handle.app, handle.url))
