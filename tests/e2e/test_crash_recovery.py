@@ -5,21 +5,23 @@ a sender that streams messages over one control connection while the receiving d
 are killed with SIGKILL and started again.
 """
 
-import subprocess
 import threading
 from collections.abc import Iterator
 
 import pytest
-from procs import BIN, Agent, Relay, isolated_env, pair, short_dir
+from support.agent import Agent, pair
+from support.ctl import ctl
+from support.env import short_dir
+from support.processes import RelayProcess
 
 FAST_CLIENT = "[client]\nack_timeout_s = 0.5\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n"
 COUNT = 1000
 
 
 @pytest.fixture
-def world() -> Iterator[tuple[Relay, Agent, Agent]]:
+def world() -> Iterator[tuple[RelayProcess, Agent, Agent]]:
     root = short_dir("ar-crash-")
-    relay = Relay(root).start()
+    relay = RelayProcess(root).start()
     alice = Agent(root / "a", FAST_CLIENT)
     bob = Agent(root / "b", FAST_CLIENT)
     try:
@@ -46,11 +48,11 @@ def stream(agent: Agent, peer: str, texts: list[str], at: dict[int, threading.Ev
                 reached[i].set()
             if i in at:
                 assert at[i].wait(60)
-            statuses.append(agent.send(client, peer, text))
+            statuses.append(agent.send(peer, text, client=client).status)
     return statuses
 
 
-def test_receiver_killed_mid_stream_gets_every_message_once_in_order(world: tuple[Relay, Agent, Agent]) -> None:
+def test_receiver_killed_mid_stream_gets_every_message_once_in_order(world: tuple[RelayProcess, Agent, Agent]) -> None:
     relay, alice, bob = world
     pair(alice, bob, relay.url)
     texts = [f"m{i:04d}" for i in range(COUNT)]
@@ -68,7 +70,7 @@ def test_receiver_killed_mid_stream_gets_every_message_once_in_order(world: tupl
     assert received_texts(alice, COUNT) == texts
 
 
-def test_relay_killed_mid_stream_loses_and_duplicates_nothing(world: tuple[Relay, Agent, Agent]) -> None:
+def test_relay_killed_mid_stream_loses_and_duplicates_nothing(world: tuple[RelayProcess, Agent, Agent]) -> None:
     relay, alice, bob = world
     pair(alice, bob, relay.url)
     texts = [f"r{i:04d}" for i in range(COUNT)]
@@ -85,7 +87,7 @@ def test_relay_killed_mid_stream_loses_and_duplicates_nothing(world: tuple[Relay
     assert received_texts(alice, COUNT) == texts
     # and the conversation goes on both ways afterwards
     with alice.client() as client:
-        assert alice.send(client, bob.pk, "after the crash") in ("delivered", "queued")
+        assert alice.send(bob.pk, "after the crash", client=client).status in ("delivered", "queued")
     assert bob.ctl("listen", "--since", "0", "--count", "1", "--timeout", "30")["text"] == "after the crash"
 
 
@@ -94,8 +96,7 @@ def test_a_corrupt_client_database_is_a_clear_error_and_is_never_replaced() -> N
     garbage = b"not a database, " * 400
     (home / "client.db").write_bytes(garbage)
     agent = Agent(home)
-    done = subprocess.run([str(BIN / "agentroomctl"), "--home", str(home), "status"], capture_output=True,
-                          text=True, timeout=60, check=False, env=isolated_env())
+    done = ctl(home, "status", timeout=60)
     assert done.returncode == 3
     assert f"cannot open the client database {home / 'client.db'}" in done.stderr
     assert "move it aside" in done.stderr

@@ -3,13 +3,15 @@
 from collections.abc import Iterator
 
 import pytest
-from procs import Agent, Relay, short_dir
+from support.agent import Agent
+from support.env import short_dir
+from support.processes import RelayProcess
 
 
 @pytest.fixture
-def world() -> Iterator[tuple[Relay, Agent, Agent]]:
+def world() -> Iterator[tuple[RelayProcess, Agent, Agent]]:
     root = short_dir("ar-ctl-")
-    relay = Relay(root).start()
+    relay = RelayProcess(root).start()
     alice, bob = Agent(root / "a"), Agent(root / "b")
     try:
         yield relay, alice, bob
@@ -24,7 +26,7 @@ def world() -> Iterator[tuple[Relay, Agent, Agent]]:
     (("--compat", "v2"), "agentroom://invite/", 2),
 ])
 def test_conversation_through_agentroomctl_with_stable_json_shapes(
-    world: tuple[Relay, Agent, Agent], compat: tuple[str, ...], prefix: str, protocol: int
+    world: tuple[RelayProcess, Agent, Agent], compat: tuple[str, ...], prefix: str, protocol: int
 ) -> None:
     relay, alice, bob = world
     invite = alice.ctl("invite", "create", "--relay", relay.url, "--ttl", "1h", *compat)

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from procs import isolated_env
+from support.env import isolated_env
 
 
 def test_the_demo_runs_a_conversation_and_the_relay_sees_no_plaintext() -> None:
