@@ -4,19 +4,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import Daemon, RawClient, home_dir, running_daemon
+from support.processes import DaemonProcess, home_dir, running_daemon
+from support.raw_control import RawClient
 
 MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
+def daemon() -> Iterator[DaemonProcess]:
     with home_dir() as home, running_daemon(home) as running:
         yield running
 
 
 @pytest.fixture
-def client(daemon: Daemon) -> Iterator[RawClient]:
+def client(daemon: DaemonProcess) -> Iterator[RawClient]:
     connection = RawClient(daemon.home / "agentroomd.sock")
     yield connection
     connection.close()
@@ -75,7 +76,7 @@ def test_a_notification_gets_no_reply(client: RawClient) -> None:
     assert client.call("daemon.status", request_id="after")["id"] == "after"  # the first line back is this reply
 
 
-def test_an_oversized_line_is_refused_and_only_that_connection_closed(daemon: Daemon, client: RawClient) -> None:
+def test_an_oversized_line_is_refused_and_only_that_connection_closed(daemon: DaemonProcess, client: RawClient) -> None:
     client.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"client":"' + b"x" * MIB)
     reply = client.read()
     assert reply["error"]["code"] == -32600 and "longer than" in reply["error"]["message"]
@@ -89,7 +90,7 @@ def test_a_line_just_under_the_limit_is_processed(client: RawClient) -> None:
     assert reply["result"]["daemon"] == "agentroomd"
 
 
-def test_clients_that_vanish_mid_request_or_mid_subscription_do_not_hurt_the_daemon(daemon: Daemon) -> None:
+def test_clients_that_vanish_mid_request_or_mid_subscription_do_not_hurt_the_daemon(daemon: DaemonProcess) -> None:
     for payload in (b'{"jsonrpc": "2.0", "id": 1, "meth', b'{"jsonrpc":"2.0","id":1,"method":"message.subscribe"}\n'):
         vanishing = RawClient(daemon.home / "agentroomd.sock")
         vanishing.sock.sendall(payload)

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import AGENTROOMCTL, ctl, home_dir, isolated_env, json_out, lock_holder, wait_pid_exit
+from support.ctl import ctl, json_out
+from support.env import AGENTROOMCTL, isolated_env
+from support.processes import home_dir, lock_holder
+from support.waiting import wait_pid_exit
 
 from agentroomd.config import resolve_paths
 

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import AGENTROOMD, Daemon, RawClient, ctl, home_dir, isolated_env, json_out, running_daemon
+from support.ctl import ctl, json_out
+from support.env import AGENTROOMD, isolated_env
+from support.processes import DaemonProcess, home_dir, running_daemon
+from support.raw_control import RawClient
 
 
 @pytest.fixture
@@ -18,7 +21,7 @@ def home() -> Iterator[Path]:
 
 def test_a_second_daemon_for_the_same_home_is_refused(home: Path) -> None:
     with running_daemon(home) as first:
-        second = Daemon(home)
+        second = DaemonProcess(home)
         assert second.wait_exit() == 3
         refused = [event for event in second.log_events() if event["event"] == "already_running"]
         assert refused and refused[0]["pid"] == first.process.pid
@@ -40,7 +43,7 @@ def test_after_kill_9_the_stale_socket_is_replaced_and_the_identity_kept(home: P
 
 
 def test_sigterm_ends_subscriptions_removes_the_socket_and_exits_0(home: Path) -> None:
-    daemon = Daemon(home).wait_ready()
+    daemon = DaemonProcess(home).wait_ready()
     listener = RawClient(home / "agentroomd.sock")
     try:
         reply = listener.call("message.subscribe", {"since": 0})
@@ -64,7 +67,7 @@ def test_sigterm_ends_subscriptions_removes_the_socket_and_exits_0(home: Path) -
 def test_a_corrupt_identity_file_is_a_clear_error_and_is_left_alone(home: Path) -> None:
     corrupt = b'{"ed25519_pk": "AAAA", "ed25519_sk": "BBBB"}'
     (home / "identity.json").write_bytes(corrupt)
-    daemon = Daemon(home)
+    daemon = DaemonProcess(home)
     assert daemon.wait_exit() == 1
     errors = [event for event in daemon.log_events() if event["level"] == "error"]
     assert errors and str(home / "identity.json") in errors[-1]["error"]
@@ -88,7 +91,7 @@ def test_bad_config_stops_the_daemon_naming_where_and_what(
     home: Path, text: str, env: dict[str, str], expected: str
 ) -> None:
     (home / "agentroom.toml").write_text(text)
-    daemon = Daemon(home, env=isolated_env(**env))
+    daemon = DaemonProcess(home, env=isolated_env(**env))
     assert daemon.wait_exit() == 2
     error = daemon.log_events()[-1]
     assert error["event"] == "config_invalid" and expected in error["error"]
@@ -100,12 +103,12 @@ def test_bad_config_stops_the_daemon_naming_where_and_what(
 def test_config_file_option_and_a_non_socket_in_the_way(home: Path) -> None:
     other = home / "elsewhere.toml"
     other.write_text("[daemon]\njournal_keep = 0\n")
-    daemon = Daemon(home, "--config", str(other))
+    daemon = DaemonProcess(home, "--config", str(other))
     assert daemon.wait_exit() == 2
     assert str(other) in daemon.log_events()[-1]["error"]
 
     (home / "agentroomd.sock").write_text("not a socket")
-    blocked = Daemon(home)
+    blocked = DaemonProcess(home)
     assert blocked.wait_exit() == 1
     assert "is not a socket" in blocked.log_events()[-1]["error"]
     assert (home / "agentroomd.sock").read_text() == "not a socket"
@@ -120,7 +123,7 @@ def test_usage_errors_exit_2(home: Path) -> None:
 
 
 def test_daemon_stop_as_a_notification_stops_too(home: Path) -> None:
-    daemon = Daemon(home).wait_ready()
+    daemon = DaemonProcess(home).wait_ready()
     client = RawClient(home / "agentroomd.sock")
     try:
         client.send_line(b'{"jsonrpc": "2.0", "method": "daemon.stop"}')  # no id: no answer, but it acts
