@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rooms_support import short_dir
+from support.env import short_dir
 
 
 @pytest.fixture

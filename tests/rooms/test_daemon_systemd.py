@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rooms_support import AGENTROOMD, homes
+from support.env import AGENTROOMD
+from support.home import homes
 
 ACTIVATE = (
     "import os, sys; os.dup2(int(sys.argv[1]), 3); "

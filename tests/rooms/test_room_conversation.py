@@ -2,7 +2,9 @@
 
 import json
 
-from rooms_support import ECHO, END_PREFIX, eventually, homes, port_is_open, write_script
+from support.handlers import ECHO, END_PREFIX, write_script
+from support.home import homes
+from support.waiting import eventually, port_is_open
 
 from agentroomd.client.manager import MAX_PLAINTEXT_BYTES
 from ratchet.v3 import parse_invite_url

@@ -4,7 +4,9 @@ import os
 import signal
 import socket
 
-from rooms_support import ECHO, eventually, homes, port_is_open, write_script
+from support.handlers import ECHO, write_script
+from support.home import homes
+from support.waiting import eventually, port_is_open
 
 
 def test_after_a_restart_the_room_has_its_port_and_the_guest_carries_on() -> None:

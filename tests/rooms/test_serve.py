@@ -4,7 +4,9 @@ import json
 import signal
 import subprocess
 
-from rooms_support import AGENTROOMCTL, ECHO, END_PREFIX, homes
+from support.env import AGENTROOMCTL
+from support.handlers import ECHO, END_PREFIX
+from support.home import homes
 
 
 def test_serve_seeds_answers_and_ends_at_max_turns_telling_both_sides() -> None:
