@@ -6,25 +6,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from support.waiting import wait_gone
 
 from agentroomd.handlers import HandlerLimits, HandlerOutcome, run_handler
 from agentroomd.systemd import SERVICE_VARIABLES
 
 FAST = HandlerLimits(timeout_s=10.0, kill_grace_s=0.2)
 ENV = {"AGENTROOM_FROM": "peerPK", "AGENTROOM_ROOM": "room1", "AGENTROOM_MSG_ID": "m-1", "AGENTROOM_TURN": "1"}
-
-
-async def wait_gone(pid: int) -> None:
-    """Wait (event-driven, through a pidfd) until ``pid`` has exited; fail after 5 s."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return  # already exited and reaped
-    try:
-        with trio.fail_after(5):
-            await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
 
 
 async def test_reply_is_stdout_trimmed() -> None:

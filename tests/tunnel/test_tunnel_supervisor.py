@@ -1,15 +1,15 @@
 """The tunnel supervisor against a fake `cloudflared` that prints the real log lines, dies and moves."""
 
-import json
 import os
 import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
+from support.fake_cloudflared import FakeCloudflared, install_fake_cloudflared
+from support.waiting import wait_gone
 
 from agentroomd.tunnel import (
     TunnelConfig,
@@ -18,59 +18,6 @@ from agentroomd.tunnel import (
     TunnelStatus,
     TunnelSupervisor,
 )
-
-FAKE_CLOUDFLARED = r'''#!{python}
-"""Fake cloudflared: logs like the real one (zerolog console format on stderr), obeys ./control."""
-import json, os, sys, time
-from pathlib import Path
-
-here = Path(__file__).resolve().parent
-with (here / "calls.log").open("a") as f:
-    f.write(json.dumps({{"argv": sys.argv[1:], "notify": os.environ.get("NOTIFY_SOCKET")}}) + "\n")
-run = len((here / "calls.log").read_text().splitlines())
-(here / f"pid-{{run}}").write_text(str(os.getpid()))
-mode = (here / "mode").read_text().strip() if (here / "mode").exists() else "ok"
-
-def log(level, msg):
-    sys.stderr.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f" {{level}} {{msg}}\n")
-    sys.stderr.flush()
-
-def box(url):
-    lines = ["Your quick Tunnel has been created! Visit it at (it may take some time to be reachable):", url]
-    width = max(map(len, lines))
-    log("INF", "+" + "-" * (width + 4) + "+")
-    for line in lines:
-        log("INF", "|  " + line + " " * (width - len(line)) + "  |")
-    log("INF", "+" + "-" * (width + 4) + "+")
-
-log("INF", "Thank you for trying Cloudflare Tunnel. Doing so, without a Cloudflare account, is a quick way to "
-    "experiment and try it out. However, be aware that these account-less Tunnels have no uptime guarantee, are "
-    "subject to the Cloudflare Online Services Terms of Use (https://www.cloudflare.com/website-terms/), and "
-    "Cloudflare reserves the right to investigate your use of Tunnels for violations of such terms. If you intend "
-    "to use Tunnels in production you should use a pre-created named tunnel by following: "
-    "https://developers.cloudflare.com/cloudflare-one/connections/connect-apps")
-log("INF", "Requesting new quick Tunnel on trycloudflare.com...")
-if mode == "fail":
-    log("ERR", 'failed to request quick Tunnel: Post "https://api.trycloudflare.com/tunnel": dial tcp: '
-        'lookup api.trycloudflare.com on 127.0.0.53:53: server misbehaving')
-    sys.exit(1)
-if mode != "silent":
-    box(f"https://fake-run-{{run}}.trycloudflare.com")
-    log("INF", "Version 2026.5.2 (Checksum 5286698547f03df745adb2355f04c12dde52ef425491e81f433642d695521886)")
-    log("INF", "Registered tunnel connection connIndex=0 connection=0e5b7c2a-4f7d-4b43-9d0e-3a1f1c1b2d3e "
-        "event=0 ip=198.41.200.13 location=ams01 protocol=quic")
-control = here / "control"
-while True:
-    if control.exists():
-        command = control.read_text().strip()
-        control.unlink()
-        if command == "die":
-            log("ERR", "Serve tunnel error error=\"connection with edge closed\" connIndex=0")
-            sys.exit(1)
-        if command.startswith("url "):
-            box("https://" + command[4:] + ".trycloudflare.com")
-    time.sleep(0.02)
-'''
 
 FAKE_SSH = r'''#!{python}
 """Fake `ssh -R` tunnel service: an optional banner with an unrelated URL, then the tunnel's URL."""
@@ -82,50 +29,15 @@ time.sleep(3600)
 '''
 
 
-@attrs.define
-class Fake:
-    directory: Path
-    binary: Path
-
-    def control(self, command: str) -> None:
-        tmp = self.directory / "control.tmp"
-        tmp.write_text(command)
-        tmp.rename(self.directory / "control")
-
-    def set_mode(self, mode: str) -> None:
-        (self.directory / "mode").write_text(mode)
-
-    def calls(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in (self.directory / "calls.log").read_text().splitlines()]
-
-    def pid(self, run: int) -> int:
-        return int((self.directory / f"pid-{run}").read_text())
-
-
 @pytest.fixture
-def fake(tmp_path: Path) -> Fake:
-    binary = tmp_path / "cloudflared"
-    binary.write_text(FAKE_CLOUDFLARED.format(python=sys.executable))
-    binary.chmod(0o755)
-    return Fake(tmp_path, binary)
+def fake(tmp_path: Path) -> FakeCloudflared:
+    return install_fake_cloudflared(tmp_path)
 
 
-def quick_config(fake: Fake, **overrides: float) -> TunnelConfig:
+def quick_config(fake: FakeCloudflared, **overrides: float) -> TunnelConfig:
     """Tiny backoff so restarts take milliseconds; the fake is a real process, so the clock is real."""
     settings = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "url_timeout_s": 10.0, "kill_grace_s": 1.0}
     return TunnelConfig(cloudflared=str(fake.binary), **{**settings, **overrides})  # type: ignore[arg-type]
-
-
-async def wait_gone(pid: int) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        with trio.fail_after(5):
-            await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
 
 
 async def record_states(supervisor: TunnelSupervisor, into: list[TunnelStatus]) -> None:
@@ -151,7 +63,7 @@ async def supervise(nursery: trio.Nursery) -> AsyncIterator[Supervise]:
     yield start
 
 
-async def test_quick_tunnel_url_is_parsed_and_published_as_wss(fake: Fake) -> None:
+async def test_quick_tunnel_url_is_parsed_and_published_as_wss(fake: FakeCloudflared) -> None:
     supervisor = TunnelSupervisor(quick_config(fake), 8787, environ={**os.environ, "NOTIFY_SOCKET": "/x"})
     async with trio.open_nursery() as nursery:
         assert await nursery.start(supervisor.run) is supervisor
@@ -171,7 +83,9 @@ async def test_quick_tunnel_url_is_parsed_and_published_as_wss(fake: Fake) -> No
     await wait_gone(fake.pid(1))  # cancellation stopped the process
 
 
-async def test_death_restarts_with_backoff_and_publishes_the_new_url(fake: Fake, supervise: Supervise) -> None:
+async def test_death_restarts_with_backoff_and_publishes_the_new_url(
+    fake: FakeCloudflared, supervise: Supervise
+) -> None:
     supervisor = await supervise(quick_config(fake))
     seen: list[TunnelStatus] = []
     async with trio.open_nursery() as watchers:
@@ -198,7 +112,7 @@ async def test_death_restarts_with_backoff_and_publishes_the_new_url(fake: Fake,
     await wait_gone(fake.pid(1))
 
 
-async def test_url_change_without_restart_is_published(fake: Fake, supervise: Supervise) -> None:
+async def test_url_change_without_restart_is_published(fake: FakeCloudflared, supervise: Supervise) -> None:
     supervisor = await supervise(quick_config(fake))
     with trio.fail_after(10):
         await supervisor.wait_url()
@@ -208,7 +122,9 @@ async def test_url_change_without_restart_is_published(fake: Fake, supervise: Su
     assert (status.state, status.restarts) == (TunnelState.RUNNING, 0)
 
 
-async def test_crash_loop_keeps_retrying_and_never_takes_the_api_host(fake: Fake, supervise: Supervise) -> None:
+async def test_crash_loop_keeps_retrying_and_never_takes_the_api_host(
+    fake: FakeCloudflared, supervise: Supervise
+) -> None:
     fake.set_mode("fail")
     supervisor = await supervise(quick_config(fake))
     with trio.fail_after(20):
@@ -220,7 +136,7 @@ async def test_crash_loop_keeps_retrying_and_never_takes_the_api_host(fake: Fake
     assert "failed to request quick Tunnel" in status.last_error
 
 
-async def test_a_stable_run_resets_the_backoff(fake: Fake, supervise: Supervise) -> None:
+async def test_a_stable_run_resets_the_backoff(fake: FakeCloudflared, supervise: Supervise) -> None:
     supervisor = await supervise(quick_config(fake, stable_after_s=0.05))
     with trio.fail_after(10):
         for run in (1, 2):
@@ -232,7 +148,7 @@ async def test_a_stable_run_resets_the_backoff(fake: Fake, supervise: Supervise)
             assert status.consecutive_failures == 1
 
 
-async def test_no_url_in_time_stops_the_process_and_backs_off(fake: Fake, supervise: Supervise) -> None:
+async def test_no_url_in_time_stops_the_process_and_backs_off(fake: FakeCloudflared, supervise: Supervise) -> None:
     fake.set_mode("silent")
     supervisor = await supervise(quick_config(fake, url_timeout_s=0.3))
     with trio.fail_after(10):
