@@ -1,17 +1,13 @@
 """Real daemons behind the hostile relay: homes under /tmp, driven through agentroomctl, and the canary audit.
 
-`Daemon` is one agentroomd home, started and read through `agentroomctl`; its methods block, so
-`World` calls them in worker threads while the relay keeps running on the test's trio loop. `World`
-keeps the ledger the assertions need: every message a test sent (each with a unique canary), what
-each daemon must have received, in order, and every invite URL handed out.
+Each daemon is a `support.agent.Agent`: one agentroomd home, started and read through `agentroomctl`;
+its methods block, so `World` calls them in worker threads while the relay keeps running on the
+test's trio loop. `World` keeps the ledger the assertions need: every message a test sent (each with
+a unique canary), what each daemon must have received, in order, and every invite URL handed out.
 """
 
 import base64
-import json
-import os
 import secrets
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,10 +18,8 @@ from typing import Any, TypeVar
 import attrs
 import trio
 from hostile_relay import HostileRelay, serve_hostile_relay
+from support.agent import Agent
 
-from agentroomctl.client import ControlClient
-from agentroomd.config import resolve_paths
-from agentroomd.control import api
 from agentroomd.log import Logger
 from agentroomd.relay.config import RelayConfig
 from ratchet.frames import Routed
@@ -33,68 +27,10 @@ from ratchet.keys import KeyPair
 from ratchet.v3 import parse_invite_url
 from ratchet.v3.invite import INVITE_PREFIX_V3
 
-BIN = Path(sys.executable).parent
 FAST_CLIENT = "[client]\nack_timeout_s = 5.0\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n"
 LISTEN_TIMEOUT_S = 20.0
+SEND_TIMEOUT_S = 30.0
 T = TypeVar("T")
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AGENTROOM_", "XDG_"))}
-
-
-class Daemon:
-    """One daemon home, driven through agentroomctl (blocking: call it from a worker thread).
-
-    Sending goes over the control socket directly (the `message.send` call `agentroomctl send`
-    makes, without a Python start-up per message); everything the assertions read comes from
-    `agentroomctl listen` and `agentroomctl status --json`, as a user would see it.
-    """
-
-    def __init__(self, home: Path, name: str) -> None:
-        self.home = home
-        self.name = name
-        self.pk = ""
-        home.mkdir(parents=True)
-        (home / "agentroom.toml").write_text(FAST_CLIENT)
-
-    def ctl(self, *args: str, timeout: float = 60) -> list[dict[str, Any]]:
-        done = subprocess.run(
-            [str(BIN / "agentroomctl"), "--home", str(self.home), "--json", *args],
-            capture_output=True, text=True, timeout=timeout, check=False, env=_env(),
-        )
-        if done.returncode != 0:
-            log = self.home / "agentroomd.log"
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise AssertionError(f"{self.name}: agentroomctl {args} exited {done.returncode}: {done.stderr}\n{tail}")
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-    def one(self, *args: str) -> dict[str, Any]:
-        lines = self.ctl(*args)
-        assert len(lines) == 1, lines
-        return lines[0]
-
-    def start(self) -> None:
-        """agentroomctl starts the daemon on first use."""
-        self.pk = str(self.one("whoami")["pk"])
-
-    def send(self, peer: str, text: str) -> api.MessageSendResult:
-        with ControlClient.connect(resolve_paths(self.home, env={}).socket_path) as client:
-            return client.call(api.MESSAGE_SEND, api.MessageSendParams(peer=peer, text=text), timeout=30)
-
-    def status(self) -> dict[str, Any]:
-        return self.one("status")
-
-    def peers(self) -> list[str]:
-        return [peer["pk"] for peer in self.one("peers")["peers"]]
-
-    def inbox(self, count: int, timeout_s: float = LISTEN_TIMEOUT_S) -> list[dict[str, Any]]:
-        """Every message kept by the daemon, oldest first, exactly ``count`` of them (as `listen` prints them)."""
-        return self.ctl("listen", "--since", "0", "--count", str(count), "--timeout", str(timeout_s))
-
-    def stop(self) -> None:
-        subprocess.run([str(BIN / "agentroomctl"), "--home", str(self.home), "--no-autostart", "stop"],
-                       capture_output=True, timeout=30, check=False, env=_env())
 
 
 @attrs.frozen
@@ -118,7 +54,7 @@ class World:
     relay_dir: Path
     stop_relay_scope: trio.CancelScope
     relay_stopped: trio.Event
-    daemons: dict[str, Daemon] = attrs.Factory(dict)
+    daemons: dict[str, Agent] = attrs.Factory(dict)
     canaries: list[str] = attrs.Factory(list)
     invite_urls: list[str] = attrs.Factory(list)
     expected: dict[str, list[Said]] = attrs.Factory(dict)  # receiver -> messages it must have, in order
@@ -126,9 +62,9 @@ class World:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args))
 
-    async def daemons_named(self, *names: str) -> list[Daemon]:
+    async def daemons_named(self, *names: str) -> list[Agent]:
         """Start a daemon for each name, side by side."""
-        started = [Daemon(self.root / name, name) for name in names]
+        started = [Agent(self.root / name, FAST_CLIENT, name=name) for name in names]
         async with trio.open_nursery() as nursery:
             for daemon in started:
                 nursery.start_soon(self.run, daemon.start)
@@ -137,26 +73,26 @@ class World:
             self.expected[daemon.name] = []
         return started
 
-    async def invite(self, host: Daemon) -> str:
+    async def invite(self, host: Agent) -> str:
         created = await self.run(host.one, "invite", "create", "--relay", self.url, "--ttl", "1h")
         url = str(created["url"])
         assert url.startswith(INVITE_PREFIX_V3) and created["protocol"] == 3
         self.invite_urls.append(url)
         return url
 
-    async def accept(self, guest: Daemon, url: str) -> str:
+    async def accept(self, guest: Agent, url: str) -> str:
         accepted = await self.run(guest.one, "invite", "accept", url)
         return str(accepted["peer"])
 
-    async def pair(self, host: Daemon, guest: Daemon) -> None:
+    async def pair(self, host: Agent, guest: Agent) -> None:
         assert await self.accept(guest, await self.invite(host)) == host.pk
 
-    async def say(self, sender: Daemon, receiver: Daemon, label: str, *, arrives: bool = True) -> Said:
+    async def say(self, sender: Agent, receiver: Agent, label: str, *, arrives: bool = True) -> Said:
         """Send a message with a fresh canary; ``arrives``: append it to what ``receiver`` must get next."""
         canary = f"canary-{secrets.token_hex(10)}"
         self.canaries.append(canary)
         text = f"{label} {canary}"
-        sent = await self.run(sender.send, receiver.pk, text)
+        sent = await self.run(partial(sender.send, receiver.pk, text, timeout=SEND_TIMEOUT_S))
         assert sent.status in ("delivered", "queued"), sent
         frame = await self.relay.frame_with_id(sent.msg_id)
         said = Said(sender.name, receiver.name, text, sent.msg_id, frame)
@@ -169,7 +105,7 @@ class World:
         for said in saids:
             self.expected[said.receiver].append(said)
 
-    async def check(self, *receivers: Daemon, timeout_s: float = LISTEN_TIMEOUT_S) -> list[Counter[str]]:
+    async def check(self, *receivers: Agent, timeout_s: float = LISTEN_TIMEOUT_S) -> list[Counter[str]]:
         """Each receiver's inbox, checked side by side; returns their counters (status --json), in order.
 
         `listen` must show exactly the expected messages, each once, in order, with the sender's
@@ -179,7 +115,7 @@ class World:
         """
         counters: dict[str, Counter[str]] = {}
 
-        async def check_one(receiver: Daemon) -> None:
+        async def check_one(receiver: Agent) -> None:
             want = self.expected[receiver.name]
             got = await self.run(receiver.inbox, len(want), timeout_s)
             sender_pk = {name: daemon.pk for name, daemon in self.daemons.items()}

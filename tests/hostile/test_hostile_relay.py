@@ -22,7 +22,8 @@ from collections.abc import Callable
 import attrs
 import trio
 from hostile_relay import flip, inner_of, relay_client, resigned, retyped, with_inner
-from hostile_world import Daemon, World, encodings
+from hostile_world import World, encodings
+from support.agent import Agent
 
 from agentroomd.log import Logger
 from ratchet import v3
@@ -39,7 +40,7 @@ def rejections(counters: Counter[str]) -> dict[str, int]:
     return {key: value for key, value in counters.items() if value and key not in STEADY}
 
 
-def msgs_between(sender: Daemon, receiver: Daemon) -> Callable[[Routed], bool]:
+def msgs_between(sender: Agent, receiver: Agent) -> Callable[[Routed], bool]:
     return lambda frame: isinstance(frame, Msg) and frame.from_ == sender.pk and frame.to == receiver.pk
 
 
@@ -47,7 +48,7 @@ def header_of(frame: Routed) -> MessageHeader:
     return MessageHeader.parse(inner_of(frame))
 
 
-async def two(world: World) -> tuple[Daemon, Daemon]:
+async def two(world: World) -> tuple[Agent, Agent]:
     alice, bob = await world.daemons_named("alice", "bob")
     await world.pair(alice, bob)
     return alice, bob
