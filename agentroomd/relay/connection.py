@@ -4,9 +4,12 @@ Three tasks share one nursery per socket:
 
 * the **reader** (run by the app) takes frames in order and handles each to the end before the next,
   so a client's ACKs come back in the order it sent its frames;
-* the **writer** is the only caller of the ASGI `send`: it takes frames from the `Outbox`, and after
-  writing a DELIVERY of a stored row to a client that does not acknowledge deliveries (a reference
-  client) it tells the store to delete that row: "delivered" means written to the socket;
+* the **writer** takes frames from the `Outbox` and writes them, and after writing a DELIVERY of a
+  stored row to a client that does not acknowledge deliveries (a reference client) it tells the
+  store to delete that row: "delivered" means written to the socket. The reader writes its own
+  replies itself when the outbox is idle (nothing queued, nothing being written); two writes never
+  need a lock of ours, because hypercorn serialises the bytes of each `send` in call order (the
+  frame is encoded before the first await, and its socket lock is FIFO);
 * the **pump** (once authenticated) moves this agent's stored frames to the outbox, oldest first,
   following a cursor over the rows' `ord`. Until it has caught up, the router stores new frames for
   this agent instead of handing them over live, so a newer frame never overtakes a queued one.
@@ -55,8 +58,7 @@ class Connection:
         self._wake = trio.Event()
         self._disconnected = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._send: Any = None  # the ASGI send; only ever called under _send_lock
-        self._send_lock = trio.Lock()
+        self._send: Any = None  # the ASGI send
         self._pump_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -120,9 +122,8 @@ class Connection:
         relay's hot path). Otherwise it is queued behind the rest, waiting for room: a client that does
         not read its replies stops being read (backpressure on that client only).
         """
-        if self._send is not None and not self._send_lock.locked() and self.outbox.idle:
-            async with self._send_lock:
-                await self._send({"type": "websocket.send", "text": text})
+        if self._send is not None and self.outbox.idle:
+            await self._send({"type": "websocket.send", "text": text})
             return
         await self.outbox.put(OutItem(text))
 
@@ -147,16 +148,14 @@ class Connection:
             item = await self.outbox.get()
             if item is None:
                 break
-            async with self._send_lock:
-                await send({"type": "websocket.send", "text": item.text})
+            await send({"type": "websocket.send", "text": item.text})
             self.outbox.done(item)
             if item.is_delivery:
                 self.hub.metrics.inc("deliveries_total")
                 if item.row_id is not None and not self.acks_deliveries and self.pk is not None:
                     store.discard([(self.pk, item.row_id)])
         if self.close_code is not None:
-            async with self._send_lock:
-                await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+            await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
             with trio.move_on_after(CLOSE_HANDSHAKE_WAIT_S):
                 await self._disconnected.wait()
             if self._nursery is not None:
