@@ -26,7 +26,6 @@ import attrs
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
@@ -35,6 +34,7 @@ from agentroomd.relay.app import RelayApp
 from agentroomd.relay.config import RelayConfig, ensure_hmac_secret
 from agentroomd.relay.hub import wall_ms as default_wall_ms
 from agentroomd.relay.store import open_store
+from agentroomd.relay.transport import FastWriteTCPServer
 from ratchet.rand import SYSTEM_RANDOM, RandomSource
 
 # hypercorn enforces a coarse size limit (in characters) as a memory guard; the exact limit in UTF-8
@@ -136,7 +136,7 @@ async def _serve_connections(
 
         with done:
             try:
-                await TCPServer(
+                await FastWriteTCPServer(
                     ASGIWrapper(app_for_this_socket), cfg, context, ConnectionState({}), stream  # type: ignore[arg-type]
                 )
             except Exception as exc:  # logged and counted: one connection's failure never stops the relay

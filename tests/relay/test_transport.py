@@ -45,18 +45,22 @@ async def _raw_exchange(relay: RelayHandle, data: bytes) -> bytes:
 async def test_junk_on_the_wire_leaves_the_relay_serving(relay: RelayHandle) -> None:
     # hypercorn issue #225: bytes right after an upgrade request, before the app accepts, raise inside
     # hypercorn 0.18.0 and (under hypercorn.trio.serve) end the whole server. Only that socket may go.
+    # With hypercorn's own socket writes (which yield), the app's accept slipped in after hypercorn's
+    # 400 and a WebSocket close frame followed the HTTP answer (counted as INTERNAL). Our transport
+    # writes the 400 without yielding, so the refusal is clean: one HTTP 400 and nothing after it.
     for _ in range(3):
-        await _raw_exchange(relay, UPGRADE + b"\x81\xfe\xff\xff garbage that is no websocket frame")
+        answer = await _raw_exchange(relay, UPGRADE + b"\x81\xfe\xff\xff garbage that is no websocket frame")
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert answer.endswith(b"\r\n\r\n"), answer  # no WebSocket bytes after a refused upgrade
     answer = await _raw_exchange(relay, b"NOT HTTP AT ALL\r\n\r\n")
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     answer = await _raw_exchange(relay, UPGRADE.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 99"))
     assert answer.startswith(b"HTTP/1.1 4")
 
     assert (await http_request(relay, "/health")).json()["ok"] is True
-    # Each broken upgrade is logged and counted: by the app (hypercorn's exception surfaces in its `send`,
-    # errors_total INTERNAL) or, if it escapes hypercorn's protocol code, by the connection guard.
     counted = await metrics(relay)
-    assert counted["connections_crashed_total"] + counted["errors_total"].get("INTERNAL", 0) == 3
+    assert counted["connections_crashed_total"] == 0
+    assert "INTERNAL" not in counted["errors_total"]
     alice, bob = Agent(), Agent()
     with trio.fail_after(WAIT_S):
         async with authenticated(relay, alice) as (a, _), authenticated(relay, bob) as (b, _):
