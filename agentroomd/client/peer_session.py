@@ -99,17 +99,18 @@ class PeerSession:
         except RatchetError as exc:
             raise SealError("session_error", str(exc)) from exc
 
-    def open(self, msg: Msg, now_ms: int) -> tuple["PeerSession", str, bytes]:
+    def open(self, msg: Msg, now_ms: int, *, signature_verified: bool = False) -> tuple["PeerSession", str, bytes]:
         """(advanced session, kind, plaintext) for a MSG from the peer; kind is "message" or "close".
 
         Raises Duplicate for a frame already accepted, RatchetError for anything else refused; either
-        way this session is still the one to keep.
+        way this session is still the one to keep. ``signature_verified``: the caller has just checked
+        this frame's routed signature (v3 then does not check it a second time).
         """
         if isinstance(self.state, v3.Session):
             if msg.msg_id != v3_msg_id(msg.nonce):
                 raise Relabelled("msg_id does not match the frame's digest")
             try:
-                opened = v3.decrypt(self.state, fields_from_routed(msg), now_ms)
+                opened = v3.decrypt(self.state, fields_from_routed(msg), now_ms, signature_verified=signature_verified)
             except v3_errors.DuplicateMessageError as exc:
                 raise Duplicate(str(exc)) from exc
             return PeerSession(3, opened.state), opened.message.kind, opened.message.plaintext

@@ -289,14 +289,14 @@ def _seal(
 # ── receiving ───────────────────────────────────────────────────────────────────────────────────
 
 
-def decrypt(session: Session, frame: RoutedFields, now_ms: int) -> Opened:
+def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_verified: bool = False) -> Opened:
     """Accept one MSG frame from the peer, or raise (a `ratchet.v3.errors.V3Error`) and change nothing.
 
     Order: outer fields and header (`ratchet.v3.wire.open_routed`), then a kept skipped key, then the
     current receiving chain, then a new chain (DH step). A frame under an earlier ratchet key with no
-    key kept is refused without any DH computation.
+    key kept is refused without any DH computation. ``signature_verified``: see `open_routed`.
     """
-    frame_type, inner = open_routed(frame, session.peer_pk, session.own_pk)
+    frame_type, inner = open_routed(frame, session.peer_pk, session.own_pk, signature_verified=signature_verified)
     header = MessageHeader.parse(inner)
     if header.session_id != session.session_id:
         raise SessionMismatchError("the frame belongs to another session with this peer")

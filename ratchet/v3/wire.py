@@ -191,13 +191,20 @@ def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes,
     )
 
 
-def open_routed(fields: RoutedFields, sender_pk: str, recipient_pk: str) -> tuple[FrameType, bytes]:
+def open_routed(
+    fields: RoutedFields, sender_pk: str, recipient_pk: str, *, signature_verified: bool = False
+) -> tuple[FrameType, bytes]:
     """Check every outer field of a received v3 frame and return (inner type, inner frame).
 
     Checks, cheapest first: ``from``/``to`` are the expected parties (reflection, misrouting), no
     ``ratchet_pk``, canonical base64url within the size bound, version 3, a known type carried by the
     right relay frame type (type confusion), ``nonce`` is the frame's digest, ``seq`` matches the
     frame, and the routed signature verifies. The inner frame's own authentication comes after this.
+
+    ``signature_verified=True`` skips only the last check, for a caller that has just run
+    `ratchet.signatures.verify_routed` on these very fields (the daemon checks every delivery's
+    signature before it routes it to a session, to count forgeries): an Ed25519 verification is the
+    costliest step of receiving, and once is enough. The signature must still be well-formed.
     """
     if fields.from_pk != sender_pk:
         raise WrongPeerError("frame is not from the expected peer")
@@ -216,7 +223,7 @@ def open_routed(fields: RoutedFields, sender_pk: str, recipient_pk: str) -> tupl
     if type(fields.seq) is not int or fields.seq != _expected_seq(frame_type, inner):
         raise MalformedFrameError("seq does not match the frame")
     b64u_strict(fields.sig, "sig", SIGNATURE_BYTES)
-    if not verify_routed(fields.from_pk, fields.to, fields.seq, fields.nonce, fields.sig):
+    if not signature_verified and not verify_routed(fields.from_pk, fields.to, fields.seq, fields.nonce, fields.sig):
         raise WrongPeerError("routed signature does not verify with the sender's key")
     return frame_type, inner
 

@@ -22,6 +22,7 @@ from v3_support import (
     handshake,
     inner_of,
     resealed,
+    tampered_variants,
     with_ciphertext,
 )
 
@@ -51,7 +52,7 @@ from ratchet.v3.errors import (
     WrongPeerError,
 )
 from ratchet.v3.state import session_to_json
-from ratchet.v3.wire import MESSAGE_HEADER_BYTES, FrameType, RoutedFields, b64u
+from ratchet.v3.wire import MESSAGE_HEADER_BYTES, FrameType, RoutedFields, b64u, b64u_strict
 
 
 def _line_with_frame() -> tuple[Line, RoutedFields]:
@@ -270,3 +271,24 @@ def test_a06_v2_and_v3_frames_never_cross() -> None:
     with pytest.raises(v2_session.DecryptError):
         v2_session.decrypt(v2, v3_frame.ciphertext, v3_frame.nonce, v3_frame.seq, None, line.now_ms)
     _still_works(line)
+
+
+def test_a07_a_caller_that_verified_the_signature_skips_only_that_check() -> None:
+    """The daemon verifies every delivery's routed signature before a session sees it and says so
+    (``signature_verified``), so the costliest check runs once. Everything else is still checked:
+    a tampered frame is refused exactly as before, and the flag cannot make a malformed signature pass.
+    """
+    line, frame = _line_with_frame()
+    bob = line.sessions["bob"]
+    forged_sig = attrs.evolve(frame, sig=b64u(flip_bit(b64u_strict(frame.sig, "sig"), 9)))
+    with pytest.raises(WrongPeerError):
+        decrypt(bob, forged_sig, line.now_ms)
+    for name, variant in tampered_variants(frame):
+        if name == "sig":
+            continue  # the one check the caller did itself
+        with pytest.raises(V3Error):
+            decrypt(bob, variant, line.now_ms, signature_verified=True)
+    with pytest.raises(MalformedFrameError):
+        decrypt(bob, attrs.evolve(frame, sig=frame.sig[:-4]), line.now_ms, signature_verified=True)
+    opened = decrypt(bob, frame, line.now_ms, signature_verified=True)
+    assert opened.message.plaintext == b"the frame under attack"
