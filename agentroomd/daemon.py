@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from agentroomd.client.service import run_sessions
-from agentroomd.client.store import StoreError
+from agentroomd.client.store import StoreError, StoreFlushError
 from agentroomd.config import Config, ConfigError, Paths, load_config, prepare_dirs, resolve_paths
 from agentroomd.context import DaemonContext, Service, Shutdown
 from agentroomd.control.connection import Gauge
@@ -236,11 +236,13 @@ def _report_ready(ready_fd: int | None) -> None:
 
 
 def _report_failure(log: Logger, exc: BaseException) -> int:
-    """A startup error raised inside the nursery arrives wrapped in an ExceptionGroup: report the cause plainly."""
+    """An error raised inside the nursery arrives wrapped in an ExceptionGroup: report the cause plainly."""
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
         leaf = leaf.exceptions[0]
-    if isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | StoreError | SystemdError | OSError):
+    if isinstance(leaf, StoreFlushError):  # at run time: the disk failed under us; stop before anything else leaves
+        log.error("disk_failed", error=str(leaf))
+    elif isinstance(leaf, ControlSocketError | ConfigError | IdentityStoreError | StoreError | SystemdError | OSError):
         log.error("startup_failed", error=str(leaf))
     else:
         log.error("crashed", error=repr(leaf), traceback="".join(traceback.format_exception(exc)))

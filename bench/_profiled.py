@@ -5,8 +5,8 @@
   timed part ends, so the profile holds the measured work only (no imports, no pairing). It counts
   wall time (cProfile's default clock; a CPU clock costs a system call per event and distorts more):
   on a busy machine, time spent descheduled lands on whatever was running, often a socket send.
-* With ``$BENCH_CLIENT_SYNCHRONOUS`` (e.g. ``NORMAL``), the daemon's client store runs with that SQLite
-  `synchronous` setting instead of FULL: a what-if that prices the fsyncs on the path of a message.
+* With ``$BENCH_CLIENT_NO_FLUSH=1``, the daemon's client store skips the fdatasync of its flushes (commits
+  stay crash-safe, not power-safe): a what-if that prices the fsync on the path of a message.
   Benchmarks only; nothing in agentroomd changes.
 """
 
@@ -15,19 +15,12 @@ import os
 import runpy
 import signal
 import sys
-from typing import Any
 
 
-def _patch_client_synchronous(mode: str) -> None:
+def _patch_client_no_flush() -> None:
     from agentroomd.client import store
 
-    original = store.ClientStore.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self._db.execute(f"PRAGMA synchronous={mode}")
-
-    store.ClientStore.__init__ = init  # type: ignore[method-assign]
+    store.ClientStore._sync_wal = lambda self: None  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -45,11 +38,8 @@ def main() -> None:
 
         signal.signal(signal.SIGUSR1, start)
         signal.signal(signal.SIGUSR2, stop)
-    mode = os.environ.get("BENCH_CLIENT_SYNCHRONOUS")
-    if mode:
-        if mode.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise SystemExit(f"BENCH_CLIENT_SYNCHRONOUS: not a synchronous mode: {mode!r}")
-        _patch_client_synchronous(mode.upper())
+    if os.environ.get("BENCH_CLIENT_NO_FLUSH"):
+        _patch_client_no_flush()
     module, sys.argv = sys.argv[1], sys.argv[1:]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

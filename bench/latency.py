@@ -11,12 +11,13 @@ hits both alike: the same payload through a bare WebSocket echo on the same stac
 trio-websocket; bench.relay's bare forwarder with the client as its own peer). Target: p50 at most 3x.
 
     .venv/bin/python -m bench.latency [--messages 1000] [--size 256] [--blocks 10]
-                                      [--profile DIR] [--what-if-synchronous NORMAL]
+                                      [--profile DIR] [--what-if-no-flush]
 
 ``--profile DIR`` runs the relay and both daemons under cProfile over the timed turns only and prints
 where their time goes per turn, by owner (ours, trio, hypercorn, wsproto, ...), with the hottest
-functions. ``--what-if-synchronous NORMAL`` runs the daemons' client store without an fsync per
-commit: the difference prices the two durable commits on a turn's path (sender, receiver).
+functions. ``--what-if-no-flush`` runs the daemons' client store without the fdatasync of its flushes:
+the difference prices the one flush on a turn's path (the sender's, before its frame leaves; the
+receiver's comes after the subscriber has the message, before the DELIVERY_ACK).
 
 Exit status 1 when the target is missed.
 """
@@ -202,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=10, help="alternate ours/echo in this many blocks")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run relay and daemons under cProfile, keep the dumps in DIR, print where CPU goes")
-    parser.add_argument("--what-if-synchronous", metavar="MODE",
-                        help="what-if: the daemons' client store with PRAGMA synchronous=MODE (e.g. NORMAL), not FULL")
+    parser.add_argument("--what-if-no-flush", action="store_true",
+                        help="what-if: the daemons' client store skips the fdatasync of its flushes")
     args = parser.parse_args(argv)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    what_if = {"BENCH_CLIENT_SYNCHRONOUS": args.what_if_synchronous} if args.what_if_synchronous else None
+    what_if = {"BENCH_CLIENT_NO_FLUSH": "1"} if args.what_if_no_flush else None
     outcome = trio.run(lambda: run(args.messages, args.size, args.blocks, profile_dir=args.profile, what_if=what_if))
     if args.profile is not None:
         for name in ("sender", "relay", "receiver"):

@@ -3,8 +3,12 @@
 The connection knows the relay protocol (challenge, HELLO, PING/PONG, ACK correlation, DELIVERY_ACK)
 and nothing about sessions: every DELIVERY goes to the `DeliveryHandler` it was given, one at a
 time and in arrival order, and the DELIVERY is acknowledged to the relay only after the handler
-returned, i.e. after the message is durably journaled. If the handler raises (a store failure), the
+returned, i.e. after the message is journaled. If the handler raises (a store failure), the
 connection is dropped without acknowledging, so the relay delivers the frame again after reconnecting.
+
+Write-ahead at the wire: before any frame of ours goes out, the ``before_send`` hook runs (the session
+manager's is the store's flush), so nothing leaves the machine before the commits it follows are on
+disk: a sealed frame after its ratchet state, a DELIVERY_ACK after the journal line it acknowledges.
 
 Reconnects use exponential backoff with jitter; the backoff resets once a connection was established.
 """
@@ -142,8 +146,10 @@ class RelayConnection:
         backoff: Backoff | None = None,
         on_connected: Callable[["RelayConnection"], Awaitable[None]] | None = None,
         ping_interval_s: float = PING_INTERVAL_S,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.url = url
+        self._before_send = before_send
         self._ping_interval_s = ping_interval_s
         self._identity = identity
         self._handler = handler
@@ -342,6 +348,10 @@ class RelayConnection:
     # -- internals ------------------------------------------------------------------------------
 
     async def _send_text(self, text: str) -> None:
+        if self._ws is None or not self._connected.is_set():
+            raise ConnectionLost(f"not connected to {self.url}")
+        if self._before_send is not None:
+            await self._before_send()
         ws = self._ws
         if ws is None or not self._connected.is_set():
             raise ConnectionLost(f"not connected to {self.url}")

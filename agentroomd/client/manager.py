@@ -184,7 +184,7 @@ class SessionManager:
             conn = RelayConnection(
                 url, self.identity, self, self.log, rng=self.rng, clock_ms=self.clock_ms,
                 backoff=self._backoff_factory(), on_connected=self._on_connected,
-                ping_interval_s=self._ping_interval_s,
+                ping_interval_s=self._ping_interval_s, before_send=self.store.flush,
             )
             self._connections[url] = conn
             self._wake[url] = trio.Event()
@@ -300,7 +300,7 @@ class SessionManager:
             waiter = self._send_waiters[frame.msg_id] = _SendWaiter()
             sealed = serialize_frame(frame)
             try:
-                row_id = await self.store.call(self.store.record_outgoing, pk, new_session.dump(), frame.msg_id,
+                row_id = await self.store.now(self.store.record_outgoing, pk, new_session.dump(), frame.msg_id,
                                                row.relay_url, sealed, text, ts)
             except StoreError as exc:
                 self._send_waiters.pop(frame.msg_id, None)
@@ -358,7 +358,7 @@ class SessionManager:
                     self._reread[url] = True
                     break
                 if isinstance(answer, Ack) and answer.status in ("delivered", "queued"):
-                    await self.store.call(self.store.outbox_done, row.msg_id, answer.status)
+                    await self.store.now(self.store.outbox_done, row.msg_id, answer.status)
                     self._finish_send(row.msg_id, answer.status, None)
                     continue
                 code = answer.code if isinstance(answer, Error) else "ACK_ERROR"
@@ -423,9 +423,9 @@ class SessionManager:
         elif isinstance(routed, SessionAck):
             await self.handshakes.on_session_ack(routed)
         else:
-            await self._on_msg(routed)
+            await self._on_msg(routed, signature_verified=True)
 
-    async def _on_msg(self, msg: Msg) -> None:
+    async def _on_msg(self, msg: Msg, *, signature_verified: bool = False) -> None:
         pk = msg.from_
         if pk not in self._sessions and pk in self._peers:
             # Our handshake with this peer waits for its answer, which this frame overtook (v3 lets the
@@ -445,12 +445,13 @@ class SessionManager:
             # key is spent, so opening it fails (then the journal says whether it is a duplicate), and
             # should it open anyway, `record_incoming` finds it in the same transaction and changes nothing.
             try:
-                new_session, kind, plaintext = self._sessions[pk].open(msg, self.clock_ms())
+                new_session, kind, plaintext = self._sessions[pk].open(msg, self.clock_ms(),
+                                                                      signature_verified=signature_verified)
             except Duplicate:
                 self.counters.duplicates += 1
                 return
             except RatchetError as exc:
-                if await self.store.call(self.store.has_message, pk, msg.msg_id):
+                if await self.store.now(self.store.has_message, pk, msg.msg_id):
                     self.counters.duplicates += 1
                     return
                 self.counters.undecryptable += 1
@@ -464,7 +465,7 @@ class SessionManager:
                 return
             text = plaintext.decode("utf-8", errors="replace")
             ts = self.clock_ms()
-            cursor = await self.store.call(self.store.record_incoming, pk, new_session.dump(), msg.msg_id, text, ts)
+            cursor = await self.store.now(self.store.record_incoming, pk, new_session.dump(), msg.msg_id, text, ts)
             if cursor is None:  # journaled before: the stored session did not change, so neither does ours
                 self.counters.duplicates += 1
                 return

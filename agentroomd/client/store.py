@@ -3,14 +3,29 @@
 Why one database and not a file per session: receiving a message changes two things that must move
 together (the ratchet state, which must not accept the frame twice, and the journal, which must not
 lose it), and sending changes two more (the ratchet state, which must never reuse a message key, and
-the outbox, which must not lose the sealed frame). One SQLite transaction makes each pair atomic;
-`synchronous=FULL` in WAL mode makes it durable once committed. A full disk surfaces as
-`StoreFullError` and the transaction rolls back, so the ratchet state stays consistent.
+the outbox, which must not lose the sealed frame). One SQLite transaction makes each pair atomic.
 
-All methods are synchronous and run in a worker thread through `ClientStore.call`, serialised by a
+Durability comes in two steps, so that the fsync is paid where it protects something and nowhere else:
+
+* **commit** (WAL, ``synchronous=NORMAL``): the transaction is atomic and survives a crash or a kill
+  of the daemon at any point (the kernel holds the pages). Subscribers may see a message from here on.
+* **flush** (`ClientStore.flush`: an fdatasync of the WAL, off the event loop): everything committed so
+  far also survives a power cut or a kernel crash. Nothing leaves the machine before the commits it
+  depends on are flushed: the relay connection flushes before it writes any frame, so a sealed frame
+  goes out only once its ratchet state is on disk (a message key is never reused, even after a power
+  cut) and a DELIVERY_ACK only once the journal line it acknowledges is.
+
+One flush covers every commit before it, so back-to-back messages share one. A full disk surfaces at
+commit as `StoreFullError` and the transaction rolls back, so the ratchet state stays consistent; a
+flush the disk refuses poisons the store (`StoreFlushError`): nothing more may leave.
+
+The message path's statements (a few rows, no fsync) run on the event loop through `ClientStore.now`:
+a worker-thread round trip costs more than the statements. Everything else, and every flush and WAL
+checkpoint, runs in a worker thread through `ClientStore.call`; both are serialised by one
 CapacityLimiter(1) because one sqlite3 connection must not be used by two threads at once.
 """
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -73,6 +88,9 @@ CREATE TABLE IF NOT EXISTS journal (
 """
 
 
+# The WAL is checkpointed into the database (by a flush, in a worker thread) once it is this big.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+
 _PEER_COLUMNS = "pk, alias, relay_url, created_at, state, handshake, version"
 _INVITE_COLUMNS = "invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options, version"
 
@@ -83,6 +101,15 @@ class StoreError(Exception):
 
 class StoreFullError(StoreError):
     """The disk (or the database's size limit) is full: nothing was written."""
+
+
+class StoreFlushError(StoreError):
+    """The disk refused to flush committed data: what the kernel holds may never reach it.
+
+    After a failed fsync the kernel may drop the dirty pages and report the next fsync clean, so a
+    retry proves nothing: the store stays failed and nothing more may leave until the daemon restarts
+    (SQLite then recovers whatever did reach the disk).
+    """
 
 
 @attrs.frozen
@@ -135,13 +162,24 @@ def _now_ms() -> int:
 class ClientStore:
     """Owns the client database; every table is read and written only through this class."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, checkpoint_bytes: int = CHECKPOINT_BYTES) -> None:
         self.path = Path(path)
+        self.wal_path = self.path.with_name(self.path.name + "-wal")
         self._limiter = trio.CapacityLimiter(1)
+        self._checkpoint_bytes = checkpoint_bytes
+        self._commits = 0  # transactions committed (written only under the limiter)
+        self._flushed = 0  # of which the last completed flush covers this many
+        self._flush_lock = trio.Lock()
+        self._flush_failure: StoreFlushError | None = None
+        self._wal_fd: int | None = None
+        self.flushes = 0
+        self.checkpoints = 0
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # Committed is crash-safe; `flush` makes it power-safe. Checkpoints run in `flush`, off the loop.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._migrate()
@@ -153,6 +191,10 @@ class ClientStore:
             ) from exc
 
     def close(self) -> None:
+        """Close the database (SQLite checkpoints the WAL into it and syncs it on the way out)."""
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
         self._db.close()
 
     def _migrate(self) -> None:
@@ -166,6 +208,76 @@ class ClientStore:
         """Run one store method in a worker thread; a cancel waits for the statement to finish."""
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
 
+    async def now(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one short store method on the event loop (the message path: a few rows, no fsync).
+
+        Waits, without blocking the loop, while a worker thread has the connection.
+        """
+        async with self._limiter:
+            return fn(*args, **kwargs)
+
+    # -- flushing -------------------------------------------------------------------------------
+
+    @property
+    def unflushed(self) -> bool:
+        """Whether some commit is not yet known to be on disk."""
+        return self._flushed < self._commits
+
+    async def flush(self) -> None:
+        """Return once every transaction committed before this call is on disk (survives a power cut).
+
+        Concurrent callers share one fdatasync; with nothing new committed it costs nothing. When the WAL
+        has grown past ``checkpoint_bytes`` the flush is a checkpoint instead (which syncs the WAL, copies
+        it into the database, syncs that and truncates the WAL), so the WAL stays small without SQLite
+        ever checkpointing inside a commit on the event loop. Raises `StoreFlushError` once the disk has
+        refused a flush, and on every call after that.
+        """
+        if self._flush_failure is not None:
+            raise self._flush_failure
+        if not self.unflushed:
+            return
+        async with self._flush_lock:
+            target = self._commits
+            if self._flushed >= target:
+                return  # a flush that finished while we waited for the lock covered us
+            if self._flush_failure is not None:
+                raise self._flush_failure
+            try:
+                if self._wal_size() > self._checkpoint_bytes:
+                    await self.call(self._checkpoint)
+                    self.checkpoints += 1
+                else:
+                    await trio.to_thread.run_sync(self._sync_wal)
+            except (OSError, sqlite3.Error) as exc:
+                self._flush_failure = StoreFlushError(
+                    f"the disk refused to flush {self.path} ({exc}): nothing more is sent or acknowledged; "
+                    "check the disk, then restart the daemon"
+                )
+                raise self._flush_failure from exc
+            self._flushed = max(self._flushed, target)
+            self.flushes += 1
+
+    def _wal_size(self) -> int:
+        try:
+            return self.wal_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _sync_wal(self) -> None:
+        """fdatasync the WAL through a descriptor of our own (kept open; reopened if the file was replaced)."""
+        fd = self._wal_fd
+        if fd is not None and os.fstat(fd).st_ino != self.wal_path.stat().st_ino:
+            os.close(fd)
+            fd = self._wal_fd = None
+        if fd is None:
+            fd = self._wal_fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        os.fdatasync(fd)
+
+    def _checkpoint(self) -> None:
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:  # cannot happen with our single connection; never report a flush that did not happen
+            raise sqlite3.OperationalError("WAL checkpoint was blocked")
+
     # -- transactions ---------------------------------------------------------------------------
 
     def _tx(self, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -178,6 +290,7 @@ class ClientStore:
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._commits += 1
             return result
         except sqlite3.OperationalError as exc:
             if self._db.in_transaction:

@@ -43,7 +43,7 @@ async def test_latency_times_every_turn_beside_the_echo() -> None:
 
 async def test_latency_profiles_the_timed_turns_of_every_process(tmp_path: Path) -> None:
     outcome = await latency.run(messages=10, size=16, blocks=1, warmup=2, profile_dir=tmp_path,
-                                what_if={"BENCH_CLIENT_SYNCHRONOUS": "NORMAL"})
+                                what_if={"BENCH_CLIENT_NO_FLUSH": "1"})
     check_rows(outcome, "latency", 3)
     for name in ("sender", "relay", "receiver"):
         report = profile_report(tmp_path / f"{name}.prof")

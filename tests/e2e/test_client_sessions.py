@@ -4,13 +4,17 @@ This is the path of a message end to end inside one process: invite, claim, SESS
 both ways, and the durability rules (outbox on a dead relay, journal deduplication on redelivery).
 """
 
+import errno
+import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from agentroomd.client.connection import Backoff
 from agentroomd.client.manager import ClientError, SessionManager
@@ -364,3 +368,128 @@ async def test_old_messages_and_expired_invites_are_pruned(world: tuple[RelayPro
     assert alice.manager.handshakes.registry.issued == ()
     saved = alice.store.get_meta(REGISTRY_KEY)
     assert saved is not None and unused.invite_id not in saved
+
+
+# -- write-ahead at the wire: nothing leaves before the commit it follows is on disk -------------------
+
+
+class Disk:
+    """`os.fdatasync` of one file as a slow disk (held until released) or a broken one (an I/O error).
+
+    A disk that stalls or fails cannot be had here on demand; every other file syncs for real.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+        self.inode = path.stat().st_ino
+        self.released = threading.Event()
+        self.error: OSError | None = None
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            if os.fstat(fd).st_ino == self.inode:
+                if self.error is not None:
+                    raise self.error
+                self.released.wait(30)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+def relay_rows_for(relay: RelayProc, pk: str) -> int:
+    db = sqlite3.connect(relay.db)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (pk,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+async def settled(relay: RelayProc, *agents: Agent) -> None:
+    """Every frame acknowledged, every task idle, every commit on disk: a disk can now stall or fail."""
+    with trio.fail_after(10):
+        for agent in agents:
+            # the relay deletes acknowledged rows in batches, in its own threads: no event to await but its file
+            while relay_rows_for(relay, agent.pk):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        for agent in agents:
+            await agent.store.flush()
+
+
+async def test_a_sealed_frame_leaves_only_once_its_state_is_on_disk(
+    world: tuple[RelayProc, Agent, Agent], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    await settled(relay, alice, bob)
+    disk = Disk(monkeypatch, alice.store.wal_path)
+    status, msg_id, _ = await alice.manager.send_message(bob.pk, "held by a slow disk", timeout_s=0.5)
+    assert status == "pending"  # committed (a crash keeps it) but not yet flushed: it has not left
+    assert alice.store.unflushed
+    with pytest.raises(trio.WouldBlock):
+        bob.inbox.receive_nowait()
+    disk.released.set()
+    got = await bob.next_message()
+    assert (got.text, got.msg_id) == ("held by a slow disk", msg_id)
+
+
+async def test_a_delivery_is_acknowledged_only_once_its_journal_line_is_on_disk(
+    world: tuple[RelayProc, Agent, Agent], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    relay, alice, bob = world
+    await pair(alice, bob, relay.url)
+    await settled(relay, alice, bob)
+    disk = Disk(monkeypatch, bob.store.wal_path)
+    status, _, _ = await alice.manager.send_message(bob.pk, "journaled, not yet flushed")
+    assert status == "delivered"
+    got = await bob.next_message()  # subscribers see it as soon as it is committed
+    assert got.text == "journaled, not yet flushed"
+    assert relay_rows_for(relay, bob.pk) == 1  # but the relay keeps it until bob's disk holds it
+    disk.released.set()
+    await settled(relay, bob)
+
+
+async def test_a_disk_that_refuses_to_flush_stops_the_sender_and_loses_nothing(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentroomd.client.store import StoreFlushError
+
+    relay = await start_relay(nursery, tmp_path / "relay.db")
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    identity = KeyPair.generate()
+    with pytest.RaisesGroup(pytest.RaisesExc(StoreFlushError, match="refused to flush"), flatten_subgroups=True):
+        async with trio.open_nursery() as own:
+            alice = await start_agent(own, tmp_path / "alice", "alice", identity)
+            await pair(alice, bob, relay.url)
+            await settled(relay, alice, bob)
+            disk = Disk(monkeypatch, alice.store.wal_path)
+            disk.error = OSError(errno.EIO, "Input/output error")
+            await alice.manager.send_message(bob.pk, "sealed before the disk broke")  # the sender stops here
+    with pytest.raises(trio.WouldBlock):
+        bob.inbox.receive_nowait()
+    assert relay_rows_for(relay, bob.pk) == 0
+    # The disk is replaced, the daemon restarts: the sealed frame was committed, so it goes out, once.
+    monkeypatch.undo()
+    alice = await start_agent(nursery, tmp_path / "alice", "alice", identity)
+    got = await bob.next_message()
+    assert got.text == "sealed before the disk broke"
+    await alice.manager.send_message(bob.pk, "and the conversation goes on")
+    assert (await bob.next_message()).text == "and the conversation goes on"
+
+
+async def test_the_wal_is_checkpointed_by_flushes_and_stays_small(tmp_path: Path) -> None:
+    store = ClientStore(tmp_path / "client.db", checkpoint_bytes=64 * 1024)
+    largest = 0
+    try:
+        for i in range(300):
+            await store.now(store.record_incoming, "peer", b"s" * 2000, f"m{i}", "t" * 500, i)
+            await store.flush()
+            largest = max(largest, store.wal_path.stat().st_size)
+        assert store.checkpoints >= 1 and not store.unflushed
+    finally:
+        store.close()
+    assert largest < 2 * 64 * 1024
+    reopened = ClientStore(tmp_path / "client.db")
+    try:
+        assert reopened.count_messages() == {"in": 300, "out": 0}
+    finally:
+        reopened.close()
