@@ -5,6 +5,8 @@ and nothing about sessions: every DELIVERY goes to the `DeliveryHandler` it was 
 time and in arrival order, and the DELIVERY is acknowledged to the relay only after the handler
 returned, i.e. after the message is journaled. If the handler raises (a store failure), the
 connection is dropped without acknowledging, so the relay delivers the frame again after reconnecting.
+Acknowledgements go out from their own task (`_acker`), so the reader goes on to the next delivery
+while the store flushes, and deliveries that arrive back to back share one flush.
 
 Write-ahead at the wire: before any frame of ours goes out, the ``before_send`` hook runs (the session
 manager's is the store's flush), so nothing leaves the machine before the commits it follows are on
@@ -164,6 +166,8 @@ class RelayConnection:
         self._lost = trio.Event()
         self._send_lock = trio.Lock()
         self.relay_keeps_until_acked = False
+        self._acks: list[str] = []  # DELIVERY msg_ids handled on this connection, not yet acknowledged
+        self._acks_wanted = trio.Event()
         self._token: str | None = None
         self._token_at = 0.0
         self.state = "connecting"
@@ -264,8 +268,10 @@ class RelayConnection:
         self._connected.set()
         self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked,
                        resumed=challenge is None)
+        self._acks = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pinger)
+            nursery.start_soon(self._acker)
             if self._on_connected is not None:
                 nursery.start_soon(self._on_connected, self)
             if first is not None:
@@ -329,7 +335,8 @@ class RelayConnection:
         if isinstance(frame, Delivery):
             await self._handler.on_delivery(self, frame)
             if self.relay_keeps_until_acked:
-                await self.send_frame(make_delivery_ack(self._rng, self._clock_ms(), frame.msg_id))
+                self._acks.append(frame.msg_id)
+                self._acks_wanted.set()
         elif isinstance(frame, Ack):
             self._resolve(frame.ref_msg_id, frame)
         elif isinstance(frame, Error):
@@ -339,6 +346,15 @@ class RelayConnection:
                 self._log.warn("relay.error", relay=self.url, code=frame.code, message=frame.message[:200])
         elif isinstance(frame, Ping):
             await self.send_frame(pong_for(frame))
+
+    async def _acker(self) -> None:
+        """Acknowledge handled deliveries, oldest first; each send waits for the flush that covers it."""
+        while True:
+            await self._acks_wanted.wait()
+            self._acks_wanted = trio.Event()
+            batch, self._acks = self._acks, []
+            for msg_id in batch:
+                await self.send_frame(make_delivery_ack(self._rng, self._clock_ms(), msg_id))
 
     async def _pinger(self) -> None:
         while True:
