@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from agentroomd.client.manager import ClientError, SessionManager
+from agentroomd.client.manager import MAX_PLAINTEXT_BYTES, ClientError, SessionManager
 from agentroomd.client.service import protocol_version, rpc_error
 from agentroomd.context import DaemonContext
 from agentroomd.control import api
@@ -233,10 +233,9 @@ class RoomsService:
             problems.append("max_turns: must be 0 (no limit) or more")
         if params.max_turns and not params.on_message:
             problems.append("max_turns: needs a handler (on_message)")
-        if params.seed is not None and not params.seed:
-            problems.append("seed: the message is empty")
+        problems += _seed_problems(params.seed)
         if params.port is not None and not 0 <= params.port <= 65535:
-            problems.append("port: must be 1..65535")
+            problems.append("port: must be 1..65535, or 0 for any free port")
         if params.ttl_ms is not None and params.ttl_ms <= 0:
             problems.append("ttl_ms: must be positive")
         if params.name is not None and not NAME_PATTERN.fullmatch(params.name):
@@ -369,11 +368,28 @@ class RoomsService:
         except StateError as exc:
             raise api.RpcError(api.STORAGE_ERROR, str(exc)) from exc
         attachment = await self._start_attachment(file)
-        self.log.info("handler_attached", peer=short_pk(pk), max_turns=params.max_turns)
         seed = None
         if params.seed:
-            seed = await _send_seed(attachment.responder, pk, params.seed)
+            try:
+                seed = await _send_seed(attachment.responder, pk, params.seed)
+            except api.RpcError as exc:
+                # All or nothing: a handler left attached after its seed failed would answer a conversation
+                # that never started, and a retry of the same command would be refused as "already answered".
+                await self._remove_attachment(attachment)
+                raise api.RpcError(api.ErrorKind(exc.code, exc.type),
+                                   f"the seed was not sent: {exc.message}; so no handler was attached "
+                                   f"(`agentroomctl handler attach {pk[:12]}` once that is solved)",
+                                   **{k: v for k, v in exc.data.items() if k != "type"}) from exc
+        self.log.info("handler_attached", peer=short_pk(pk), max_turns=params.max_turns)
         return api.HandlerAttachResult(peer=pk, handler=attachment.responder.info(), seed=seed)
+
+    async def _remove_attachment(self, attachment: Attachment) -> None:
+        """Stop ``attachment`` and forget it, its saved record included."""
+        if self.attachments.get(attachment.peer) is attachment:
+            del self.attachments[attachment.peer]
+        attachment.scope.cancel()
+        await attachment.finished.wait()
+        await trio.to_thread.run_sync(partial(Path.unlink, attachment.file.path, missing_ok=True))
 
     async def handler_detach(self, params: api.HandlerDetachParams, caller: Caller) -> api.Empty:
         pk = self._resolve(params.peer)
@@ -382,9 +398,7 @@ class RoomsService:
             owner = self.owner(pk)
             hint = f" (it is answered by {owner}: stop the room instead)" if owner else ""
             raise api.RpcError(api.NOT_FOUND, f"no handler is attached to {short_pk(pk)}{hint}")
-        attachment.scope.cancel()
-        await attachment.finished.wait()
-        await trio.to_thread.run_sync(partial(Path.unlink, attachment.file.path, missing_ok=True))
+        await self._remove_attachment(attachment)
         self.log.info("handler_detached", peer=short_pk(pk))
         return api.Empty()
 
@@ -478,10 +492,21 @@ def _check_handler(command: str, max_turns: int, seed: str | None) -> None:
         problems.append("on_message: the handler command is empty")
     if max_turns < 0:
         problems.append("max_turns: must be 0 (no limit) or more")
-    if seed is not None and not seed:
-        problems.append("seed: the message is empty")
+    problems += _seed_problems(seed)
     if problems:
         raise api.RpcError(api.INVALID_PARAMS, "; ".join(problems), errors=problems)
+
+
+def _seed_problems(seed: str | None) -> list[str]:
+    """A seed that could never be sent is refused up front, before anything is attached or opened."""
+    if seed is None:
+        return []
+    if not seed:
+        return ["seed: the message is empty"]
+    size = len(seed.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_PLAINTEXT_BYTES:
+        return [f"seed: {size} bytes; a message holds at most {MAX_PLAINTEXT_BYTES}"]
+    return []
 
 
 async def _send_seed(responder: Responder, peer: str, text: str) -> api.MessageSendResult | None:
