@@ -10,6 +10,11 @@ The ceiling, measured in the same run and interleaved block by block with ours s
 hits both alike: the same payload through a bare WebSocket echo on the same stack (hypercorn +
 trio-websocket; bench.relay's bare forwarder with the client as its own peer). Target: p50 at most 3x.
 
+Two more rows, measured in the same blocks, say where a turn's floor lies beyond that echo: a control
+socket round trip (``identity.show`` on A: a turn crosses a control socket twice, into A and out of
+B) and one fdatasync on the daemons' disk (a turn waits for one: the sender's, before its frame
+leaves; the receiver's flush comes after the subscriber has the message).
+
     .venv/bin/python -m bench.latency [--messages 1000] [--size 256] [--blocks 10]
                                       [--profile DIR] [--what-if-no-flush]
 
@@ -25,6 +30,7 @@ Exit status 1 when the target is missed.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -112,6 +118,35 @@ async def echo_round_trips(port: int, payload: str, count: int) -> list[float]:
     return samples
 
 
+async def control_round_trips(control: Control, count: int) -> list[float]:
+    """ms per `identity.show` round trip on an idle control connection (framing, dispatch, one reply)."""
+    from agentroomd.control import api
+
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        await control.call(api.IDENTITY_SHOW)
+        samples.append((time.perf_counter_ns() - started) / 1e6)
+    return samples
+
+
+def fdatasync_times(directory: Path, count: int) -> list[float]:
+    """ms per fdatasync of a freshly appended 4 KiB block in ``directory`` (the daemons' filesystem)."""
+    path = directory / "fdatasync.probe"
+    samples = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            os.write(fd, b"x" * 4096)
+            started = time.perf_counter_ns()
+            os.fdatasync(fd)
+            samples.append((time.perf_counter_ns() - started) / 1e6)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return samples
+
+
 async def run(
     messages: int = 1000,
     size: int = 256,
@@ -138,6 +173,8 @@ async def run(
     ours: list[float] = []
     send_answer: list[float] = []
     echo: list[float] = []
+    control_rt: list[float] = []
+    disk: list[float] = []
     per_block = max(1, messages // blocks)
     payload = "x" * (40 + size)
     try:
@@ -169,6 +206,8 @@ async def run(
                     ours.append(to_b)
                     send_answer.append(answered)
                 echo += await echo_round_trips(bare.port, payload, count)
+                control_rt += await control_round_trips(sender, count)
+                disk += await trio.to_thread.run_sync(fdatasync_times, alice.home, count)
                 done += count
             for process in measured:
                 await process.profile_stop()
@@ -187,12 +226,18 @@ async def run(
             baseline_label="bare WS echo p99"),
         row("latency", "message.send answered (relay ACK) p50", "ms", statistics.median(send_answer),
             statistics.median(echo), baseline_label="bare WS echo p50"),
+        row("latency", "control socket round trip (identity.show) p50", "ms", statistics.median(control_rt),
+            statistics.median(echo), baseline_label="bare WS echo p50"),
+        row("latency", "one fdatasync on the daemons' disk p50", "ms", statistics.median(disk),
+            statistics.median(echo), baseline_label="bare WS echo p50"),
     ]
     return result(
         "latency", rows, messages=messages, size=size,
         turn_ms={"p50": statistics.median(ours), "p99": percentile(ours, 0.99), "max": max(ours)},
         send_answer_ms={"p50": statistics.median(send_answer), "p99": percentile(send_answer, 0.99)},
         echo_ms={"p50": statistics.median(echo), "p99": percentile(echo, 0.99), "max": max(echo)},
+        control_ms={"p50": statistics.median(control_rt), "p99": percentile(control_rt, 0.99)},
+        fdatasync_ms={"p50": statistics.median(disk), "p99": percentile(disk, 0.99)},
     )
 
 
