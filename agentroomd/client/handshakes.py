@@ -171,6 +171,7 @@ class Handshakes:
         """Mirror a peer row we just committed, so that lookups never touch the disk."""
         if session is not None:
             self.m._sessions[pk] = session
+            self.m.session_added()
         self.m._peers[pk] = PeerRow(pk, alias, relay_url, self.m.clock_ms(), b"", handshake, version)
 
     # -- the inviter's side ---------------------------------------------------------------------
@@ -291,6 +292,7 @@ class Handshakes:
                 await self.m.store.call(self.m.store.set_peer_state, pk, peer.dump(), "established")
                 self.m._sessions[pk] = peer
                 self.m._peers[pk] = attrs.evolve(row, handshake="established")
+                self.m.session_added()
             self.m.log.info("session.established", peer=short_pk(pk), role="invitee", version=3)
             self._wake_accept(pk)
             await self.m.open_early_frames(pk)

@@ -107,6 +107,7 @@ class SessionManager:
         self.counters = Counters()
         self._backoff_factory = backoff_factory
         self._sessions: dict[str, PeerSession] = {}  # peers whose handshake is done (or v2-claimed)
+        self._session_added = trio.Event()  # set, then replaced, when a peer's session appears
         self.handshakes = Handshakes(self)
         self._peers: dict[str, PeerRow] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -256,6 +257,16 @@ class SessionManager:
         if len(matches) > 1:
             raise ClientError("ambiguous_peer", f"{ref!r} matches {len(matches)} peers; give more characters")
         raise ClientError("unknown_peer", f"no peer {ref!r}: see `agentroomctl peers`, or accept an invite first")
+
+    async def wait_session(self, pk: str) -> None:
+        """Return once we hold a session with ``pk`` (its handshake finished); at once if we do already."""
+        while pk not in self._sessions:
+            await self._session_added.wait()
+
+    def session_added(self) -> None:
+        """A peer's session just appeared in ``_sessions``: wake every `wait_session`."""
+        self._session_added.set()
+        self._session_added = trio.Event()
 
     def _lock(self, pk: str) -> trio.Lock:
         return self._locks.setdefault(pk, trio.Lock())
