@@ -337,7 +337,9 @@ def cmd_invite_accept(args: argparse.Namespace, client: ControlClient) -> int:
         if args.on_message:
             limit = f", at most {args.max_turns} turns" if args.max_turns else ""
             print(f"Answering its messages with: {args.on_message}{limit}", file=sys.stderr)
-        if document.get("seed"):
+        if document.get("seed") and document["seed"]["status"] == "after_handshake":
+            print(f"Seed: sent once {accepted.peer} answers the invite (its daemon is offline)", file=sys.stderr)
+        elif document.get("seed"):
             print(f"Seed sent: {document['seed']['status']}", file=sys.stderr)
     return exitcodes.OK
 

@@ -16,6 +16,9 @@ The path of one message::
   first), the peer gets a short notice starting with `END_NOTICE_PREFIX` and we stop answering it.
   A notice from the peer ends the exchange on our side too, and is never handed to the handler, so
   two daemons never reply to each other's goodbyes. Both ends are saved.
+* **A seed that waits.** A peer whose v3 handshake is unfinished (the inviter was offline when we
+  accepted) cannot be sent anything yet: `send_seed_after_handshake` sends the seed once its session
+  exists, still at most once; a failure then is logged and kept in ``seed_error`` for the status.
 * **Failures are counted, not fatal.** A handler that fails, hangs or babbles is counted by the
   runner; a reply that cannot be sent is counted as a send failure; the next message is handled as usual.
 """
@@ -23,6 +26,7 @@ The path of one message::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -126,6 +130,8 @@ class Responder:
         self.skipped_after_end = conversation.stats.get("skipped_after_end", 0)
         self.state_errors = 0
         self.queued = 0
+        self.seed_waiting = False  # a seed waits for the peer's session (see `send_seed_after_handshake`)
+        self.seed_error: str | None = None  # why a seed sent after the handshake did not go out
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
@@ -156,7 +162,11 @@ class Responder:
         if self.conversation.seed_sent:
             return None
         self.conversation.seed_sent = True
-        await self._save_record()
+        try:
+            await self._save_record()
+        except StateError:
+            self.conversation.seed_sent = False  # not saved, not sent: a later save must not claim it was
+            raise
         try:
             status, msg_id, pk = await self._sessions.send_message(peer, text, timeout_s=self._ack_timeout_s)
         except ClientError:
@@ -169,6 +179,29 @@ class Responder:
         self._log.info("seed_sent", room=self.label, peer=short_pk(pk), status=status)
         self._emit({"type": "replied", "to": pk, "text": text, "turn": turn, "seed": True, "msg_id": msg_id})
         return status, msg_id, pk
+
+    def send_seed_after_handshake(self, peer: str, text: str) -> None:
+        """Send the seed (with `send_seed`: at most once) as soon as our session with ``peer`` exists.
+
+        For a v3 invite whose inviter was offline when we accepted it: nothing can be sent before it
+        answers. The wait runs in this responder's nursery, so a detach cancels it; the saved record
+        still says the seed is unsent, so a restarted daemon waits again (`RoomsService.reopen`).
+        """
+        self.seed_waiting = True
+        self._spawn(partial(self._seed_after_handshake, peer, text))
+
+    async def _seed_after_handshake(self, peer: str, text: str) -> None:
+        try:
+            await self._sessions.wait_session(peer)
+            self._log.info("seed_due", room=self.label, peer=short_pk(peer))
+            try:
+                await self.send_seed(peer, text)
+            except (ClientError, StateError) as exc:
+                # Nobody waits for this send any more: say why in the status and the log, once (no retry loop).
+                self.seed_error = f"the seed was not sent: {exc}"
+                self._log.error("seed_not_sent", room=self.label, peer=short_pk(peer), error=str(exc))
+        finally:
+            self.seed_waiting = False
 
     async def finish(self, peer: str, reason: str, *, notify_peer: bool) -> None:
         """End the exchange with ``peer`` (saved); with ``notify_peer`` send it the end notice."""

@@ -55,6 +55,8 @@ from agentroomd.tunnel import TunnelConfig, TunnelError, resolve_cloudflared
 OPEN_TIMEOUT_S = 30.0  # without a tunnel: the relay, our connection to it and the invite
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SERVE_EVENT_BUFFER = 1024
+# handler.attach's seed status when the peer has not finished the handshake (a v3 inviter that is offline)
+SEED_AFTER_HANDSHAKE = "after_handshake"
 
 
 def now_ms() -> int:
@@ -155,7 +157,11 @@ class RoomsService:
             except StateError as exc:
                 self.log.error("handler_unreadable", file=str(path), error=str(exc))
                 continue
-            await self._start_attachment(RecordFile(path, attached))
+            attachment = await self._start_attachment(RecordFile(path, attached))
+            if attached.seed and not attached.conversation.seed_sent:
+                # attached while the inviter was offline (or stopped before the seed went out): it still waits
+                attachment.responder.send_seed_after_handshake(attached.peer, attached.seed)
+                self.log.info("seed_waiting", peer=short_pk(attached.peer))
         # Peers and invites of stopped rooms still name those rooms' relays: stop reconnecting to them.
         try:
             self.closed_relays = read_closed_relays(self.rooms_dir / CLOSED_RELAYS_FILE)
@@ -371,16 +377,18 @@ class RoomsService:
         seed = None
         if params.seed:
             try:
-                seed = await _send_seed(attachment.responder, pk, params.seed)
+                seed = await _send_seed(attachment.responder, pk, params.seed, after_handshake=True)
             except api.RpcError as exc:
                 # All or nothing: a handler left attached after its seed failed would answer a conversation
                 # that never started, and a retry of the same command would be refused as "already answered".
+                # (A handshake still pending is no failure: the seed goes out once the inviter answers.)
                 await self._remove_attachment(attachment)
                 raise api.RpcError(api.ErrorKind(exc.code, exc.type),
                                    f"the seed was not sent: {exc.message}; so no handler was attached "
                                    f"(`agentroomctl handler attach {pk[:12]}` once that is solved)",
                                    **{k: v for k, v in exc.data.items() if k != "type"}) from exc
-        self.log.info("handler_attached", peer=short_pk(pk), max_turns=params.max_turns)
+        self.log.info("handler_attached", peer=short_pk(pk), max_turns=params.max_turns,
+                      seed=seed.status if seed is not None else None)
         return api.HandlerAttachResult(peer=pk, handler=attachment.responder.info(), seed=seed)
 
     async def _remove_attachment(self, attachment: Attachment) -> None:
@@ -480,7 +488,8 @@ class RoomsService:
         return {
             "rooms": len(self.rooms) + len(self.broken),
             "handlers": [
-                {"peer": pk, **attrs.asdict(attachment.responder.info())} for pk, attachment in self.attachments.items()
+                {"peer": pk, **attrs.asdict(attachment.responder.info()), **_seed_status(attachment.responder)}
+                for pk, attachment in self.attachments.items()
             ],
             "serving": bool(self.serves),
         }
@@ -509,10 +518,24 @@ def _seed_problems(seed: str | None) -> list[str]:
     return []
 
 
-async def _send_seed(responder: Responder, peer: str, text: str) -> api.MessageSendResult | None:
+def _seed_status(responder: Responder) -> dict[str, Any]:
+    """An attached handler's seed in `daemon.status`: still waiting for the handshake, or why it failed."""
+    return {"seed_waiting": responder.seed_waiting, "last_error": responder.seed_error}
+
+
+async def _send_seed(
+    responder: Responder, peer: str, text: str, *, after_handshake: bool = False
+) -> api.MessageSendResult | None:
+    """Send the seed now; with ``after_handshake``, a handshake still pending defers it instead of failing.
+
+    The deferred seed is reported with status `SEED_AFTER_HANDSHAKE` (no msg_id yet: nothing was sealed).
+    """
     try:
         sent = await responder.send_seed(peer, text)
     except ClientError as exc:
+        if after_handshake and exc.kind == "handshake_pending":
+            responder.send_seed_after_handshake(peer, text)
+            return api.MessageSendResult(status=SEED_AFTER_HANDSHAKE, msg_id="", peer=peer)
         raise rpc_error(exc) from exc
     except StateError as exc:
         raise api.RpcError(api.STORAGE_ERROR, f"the seed was not sent: {exc}") from exc
