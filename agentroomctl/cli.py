@@ -333,7 +333,11 @@ def cmd_invite_accept(args: argparse.Namespace, client: ControlClient) -> int:
     if args.json:
         _emit(document)
     else:
-        print(f"Session established with {accepted.peer} (relay {accepted.relay})")
+        if accepted.answered:
+            print(f"Session established with {accepted.peer} (relay {accepted.relay})")
+        else:
+            print(f"Invite accepted; waiting for {accepted.peer} to answer (relay {accepted.relay}): its daemon seems "
+                  "offline, and messages can be sent once it answers")
         if args.on_message:
             limit = f", at most {args.max_turns} turns" if args.max_turns else ""
             print(f"Answering its messages with: {args.on_message}{limit}", file=sys.stderr)

@@ -126,12 +126,12 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
 
     async def invite_accept(params: api.InviteAcceptParams, caller: Caller) -> api.InviteAcceptResult:
         try:
-            peer, relay, _answered = await manager.accept_invite(params.url, params.alias, timeout_s=timeout)
+            peer, relay, answered = await manager.accept_invite(params.url, params.alias, timeout_s=timeout)
         except ClientError as exc:
             raise rpc_error(exc) from exc
         except StoreError as exc:
             raise api.RpcError(api.STORAGE_ERROR, str(exc)) from exc
-        return api.InviteAcceptResult(peer=peer, relay=relay)
+        return api.InviteAcceptResult(peer=peer, relay=relay, answered=answered)
 
     async def peer_list(params: api.Empty, caller: Caller) -> api.PeerListResult:
         return api.PeerListResult(peers=[api.PeerInfo(pk=row.pk, alias=row.alias, relay=row.relay_url)

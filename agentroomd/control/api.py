@@ -246,6 +246,7 @@ class InviteAcceptParams:
 class InviteAcceptResult:
     peer: str  # the inviter's public key
     relay: str
+    answered: bool = True  # the inviter's daemon answered: messages can be sent (v3 needs its SESSION_ACK)
 
 
 # peer.list

@@ -33,7 +33,7 @@ def test_conversation_through_agentroomctl_with_stable_json_shapes(
     assert invite["url"].startswith(prefix) and invite["protocol"] == protocol
     assert {"url", "invite_id", "expires_at"} <= invite.keys()
     accepted = bob.ctl("invite", "accept", invite["url"], "--alias", "alice")
-    assert accepted["peer"] == alice.pk
+    assert accepted["peer"] == alice.pk and accepted["answered"] is True
 
     sent = bob.ctl("send", "alice", "hello from bob")  # a local alias works wherever a key does
     assert sent["status"] in ("delivered", "queued") and sent["msg_id"]

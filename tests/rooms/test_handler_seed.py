@@ -74,7 +74,7 @@ def test_a_seed_for_an_offline_inviter_is_sent_once_it_answers(relay: RelayProce
         url, host_pk = invite_from_offline_inviter(host, relay)
 
         accepted = guest.json("invite", "accept", url, "--on-message", ECHO, "--seed", "hi")
-        assert accepted["peer"] == host_pk
+        assert accepted["peer"] == host_pk and accepted["answered"] is False
         assert accepted["seed"] == {"status": "after_handshake", "msg_id": "", "peer": host_pk}
         assert accepted["handler"]["turns"] == 0
         [handler] = handlers(guest)
@@ -90,6 +90,7 @@ def test_a_waiting_seed_survives_a_restart_of_the_guest_daemon(relay: RelayProce
         url, host_pk = invite_from_offline_inviter(host, relay)
 
         accepted = guest.ctl("invite", "accept", url, "--on-message", ECHO, "--seed", "hi")  # as a person types it
+        assert f"Invite accepted; waiting for {host_pk} to answer" in accepted.stdout  # not "Session established"
         assert f"Seed: sent once {host_pk} answers the invite (its daemon is offline)" in accepted.stderr
         assert guest.stop() == 0
         guest.start()
