@@ -1,9 +1,16 @@
 """The relay's SQLite store: agents seen, published invites, and frames waiting for their recipient.
 
-One `sqlite3` connection in WAL mode, used only from trio worker threads through a
-`CapacityLimiter(1)`: the event loop never blocks on the disk, and every public method is one
-transaction in one thread call, so a cancelled caller still leaves the database consistent
-(`abandon_on_cancel=False` waits for the statement to finish).
+One `sqlite3` connection in WAL mode with `synchronous = NORMAL`, used by one caller at a time (a
+`CapacityLimiter(1)`). The frequent, small operations (queue a frame, fetch a recipient's rows,
+delete delivered rows, record a HELLO, invites) run **inline** on the event loop: in WAL mode with
+NORMAL a commit appends to the WAL without an fsync, about 15-25 us, far less than a hop to a worker
+thread and back (and the hop's latency sat in the path of every ACK "queued"). What can take long
+runs in a worker thread: the table-wide `prune` and `counts`, and WAL **checkpoints**, which copy
+the WAL into the database file and fsync it. SQLite's automatic checkpoint would run inside some
+commit on the event loop, so it is off (`wal_autocheckpoint = 0`); a background task checkpoints
+(PASSIVE, through a second connection of its own, which never blocks the writer) in a thread after
+every `CHECKPOINT_EVERY_COMMITS` commits. Every public method is one transaction, so a cancelled
+caller still leaves the database consistent (a thread call uses `abandon_on_cancel=False`).
 
 The schema is the reference's (agentroom-reference.md §3.4) plus what ordered, acknowledged delivery
 needs: `pending_messages.ord`, an increasing integer that orders a recipient's queue exactly (the
@@ -18,6 +25,7 @@ does not get them twice. Closing the store flushes the batch and checkpoints the
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -63,6 +71,11 @@ CREATE INDEX IF NOT EXISTS idx_invites_inviter ON invites(inviter_pk);
 
 CLAIMED_INVITE_RETENTION_S = 30 * 86_400
 AGENT_RETENTION_S = 90 * 86_400
+# A queued frame commits 3-4 pages (row + two index leaves): ~250 commits are SQLite's default 1000-page
+# auto-checkpoint. Between checkpoints the WAL grows by at most this much and is then reused from its start.
+CHECKPOINT_EVERY_COMMITS = 250
+DISCARD_GATHER_S = 0.02  # how long deletions gather before they are committed together
+DISCARD_BATCH = 256  # rows deleted per inline transaction (a bigger backlog takes several, with a yield between)
 
 
 class StoreError(Exception):
@@ -120,25 +133,53 @@ ClaimResult = Literal["claimed", "already_claimed", "expired", "not_found", "que
 class RelayStore:
     """Async façade over one SQLite connection; create with `open_store`."""
 
-    def __init__(self, conn: sqlite3.Connection, log: Logger) -> None:
+    def __init__(self, conn: sqlite3.Connection, log: Logger, path: str | None = None) -> None:
         self._conn = conn
         self._log = log
-        self._limiter = trio.CapacityLimiter(1)
+        self._path = path  # the database file, for the checkpointer's own connection (None: in memory)
+        self._limiter = trio.CapacityLimiter(1)  # one user of the connection at a time, inline or in a thread
         self._discards: set[tuple[str, str]] = set()  # (to_pk, row id)
+        self._discard_wanted = trio.Event()
         self._inserts: list[_Insert] = []
         self._insert_wanted = trio.Event()
-        self._discard_wanted = trio.Event()
+        self._commits = 0  # write transactions since the last checkpoint
+        self._checkpoint_wanted = trio.Event()
+        self.checkpoints = 0  # WAL checkpoints run by the background task so far
+        self._checkpointed = trio.Event()
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
 
     async def _run(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread: for what may take long (table scans, checkpoints, closing)."""
         if self._closed:
             raise StoreError(f"{what}: store is closed")
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except sqlite3.Error as exc:
             raise StoreError(f"{what}: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            self._count_commits()
+
+    async def _run_inline(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` right here on the event loop: for the small indexed reads and writes (see the module doc).
+
+        When no thread call holds the connection, this does not yield at all.
+        """
+        if self._closed:
+            raise StoreError(f"{what}: store is closed")
+        limiter = self._limiter
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what}: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            limiter.release()
+            self._count_commits()
 
     def _tx(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` in one IMMEDIATE transaction (the write lock is taken up front: no upgrade deadlock)."""
@@ -150,7 +191,12 @@ class RelayStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._commits += 1  # never concurrently: the limiter; the checkpointer is told on the event loop
         return result
+
+    def _count_commits(self) -> None:
+        if self._commits >= CHECKPOINT_EVERY_COMMITS:
+            self._checkpoint_wanted.set()
 
     # ------------------------------------------------------------------ agents
 
@@ -167,7 +213,7 @@ class RelayStore:
             )
             return _count_pending(conn, ed25519_pk)
 
-        return await self._run("upsert_agent", self._tx, body)
+        return await self._run_inline("upsert_agent", self._tx, body)
 
     async def touch_agent(self, ed25519_pk: str, now_s: int) -> tuple[bool, int]:
         """Record a token resume; returns whether this agent acknowledges deliveries, and its queued rows."""
@@ -177,7 +223,7 @@ class RelayStore:
             row = conn.execute("SELECT acks_deliveries FROM agents WHERE ed25519_pk = ?", (ed25519_pk,)).fetchone()
             return (bool(row[0]) if row else False), _count_pending(conn, ed25519_pk)
 
-        return await self._run("touch_agent", self._tx, body)
+        return await self._run_inline("touch_agent", self._tx, body)
 
     # ------------------------------------------------------------------ pending frames
 
@@ -185,7 +231,9 @@ class RelayStore:
         """Queue ``envelope`` for ``to_pk``; its `ord`, or None when the recipient already has ``cap`` rows.
 
         Returns once the row is committed. Concurrent calls are committed together (group commit: one
-        thread hop and one transaction for everything that arrived meanwhile), in call order.
+        transaction for everything that arrived during one pass of the scheduler), in call order: a
+        commit costs more than an insert (it writes the touched pages to the WAL), so under load each
+        frame pays a fraction of one.
         """
         request = _Insert(to_pk, row_id, envelope, now_s, cap)
         self._inserts.append(request)
@@ -206,7 +254,7 @@ class RelayStore:
                     return [_insert_pending(conn, r.to_pk, r.row_id, r.envelope, r.now_s, r.cap) for r in batch]
 
                 try:
-                    results = await self._run("enqueue", self._tx, body)
+                    results = await self._run_inline("enqueue", self._tx, body)
                 except StoreError as exc:
                     for request in batch:
                         request.error = exc
@@ -231,7 +279,7 @@ class RelayStore:
             ).fetchall()
             return [PendingRow(ord, row_id, envelope) for ord, row_id, envelope in rows]
 
-        rows = await self._run("fetch_pending", body)
+        rows = await self._run_inline("fetch_pending", body)
         return [row for row in rows if (to_pk, row.id) not in self._discards]
 
     async def pending_count(self, to_pk: str) -> int:
@@ -239,7 +287,7 @@ class RelayStore:
             row = self._conn.execute("SELECT COUNT(*) FROM pending_messages WHERE to_pk = ?", (to_pk,)).fetchone()
             return int(row[0])
 
-        return await self._run("pending_count", body)
+        return await self._run_inline("pending_count", body)
 
     def discard(self, rows: Iterable[tuple[str, str]]) -> None:
         """Delete these (recipient, row id) rows soon, in a batch; `fetch_pending` hides them right away.
@@ -252,20 +300,26 @@ class RelayStore:
             self._discard_wanted.set()
 
     async def flush_discards(self) -> None:
-        """Delete every row passed to `discard` so far, in one transaction."""
-        if not self._discards:
-            return
-        batch = list(self._discards)
+        """Delete every row passed to `discard` so far, `DISCARD_BATCH` rows per transaction."""
+        while self._discards:
+            batch = list(itertools.islice(self._discards, DISCARD_BATCH))
 
-        def body(conn: sqlite3.Connection) -> None:
-            conn.executemany("DELETE FROM pending_messages WHERE id = ? AND to_pk = ?", [(i, pk) for pk, i in batch])
+            def body(conn: sqlite3.Connection, batch: list[tuple[str, str]] = batch) -> None:
+                conn.executemany(
+                    "DELETE FROM pending_messages WHERE id = ? AND to_pk = ?", [(i, pk) for pk, i in batch]
+                )
 
-        await self._run("delete_pending", self._tx, body)
-        self._discards.difference_update(batch)
+            await self._run_inline("delete_pending", self._tx, body)
+            self._discards.difference_update(batch)
+            if self._discards:
+                await trio.lowlevel.checkpoint()  # a long backlog does not hold the event loop in one go
 
     async def _discard_loop(self) -> None:
         while True:
             await self._discard_wanted.wait()
+            # Let deletions gather: one transaction for many rows costs a fraction of one per row, and
+            # nothing waits for them (the rows are hidden from `fetch_pending` already).
+            await trio.sleep(DISCARD_GATHER_S)
             self._discard_wanted = trio.Event()
             try:
                 await self.flush_discards()
@@ -296,7 +350,7 @@ class RelayStore:
             )
             return "ok"
 
-        return await self._run("publish_invite", self._tx, body)
+        return await self._run_inline("publish_invite", self._tx, body)
 
     async def get_invite(self, invite_id: str) -> InviteRow | None:
         def body() -> InviteRow | None:
@@ -307,7 +361,7 @@ class RelayStore:
                 return None
             return InviteRow(row[0], row[1], int(row[2]), row[3] is not None)
 
-        return await self._run("get_invite", body)
+        return await self._run_inline("get_invite", body)
 
     async def claim_invite(
         self,
@@ -350,11 +404,13 @@ class RelayStore:
             ord_ = _insert_pending(conn, inviter_pk, row_id, envelope, now_ms // 1000, None)
             return "claimed", ord_
 
-        return await self._run("claim_invite", self._tx, body)
+        return await self._run_inline("claim_invite", self._tx, body)
 
     # ------------------------------------------------------------------ health and maintenance
 
     async def counts(self) -> StoreCounts:
+        """Rows in each table; deletions still gathering are committed first, so delivered rows never count."""
+        await self.flush_discards()
         def body() -> StoreCounts:
             conn = self._conn
             agents = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
@@ -367,6 +423,7 @@ class RelayStore:
     async def prune(self, now_ms: int, pending_ttl_s: float) -> PruneResult:
         """The reference's hourly prune: expired invites, old pending rows, old claimed invites, stale agents."""
         now_s = now_ms // 1000
+        await self.flush_discards()
 
         def body(conn: sqlite3.Connection) -> PruneResult:
             invites = conn.execute(
@@ -383,6 +440,49 @@ class RelayStore:
             return PruneResult(invites, pending, claimed, agents)
 
         return await self._run("prune", self._tx, body)
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint the WAL in a worker thread whenever enough commits piled up (see the module docstring).
+
+        PASSIVE through a connection of its own: it copies what no reader still needs, never waits for
+        or blocks the event loop's writes, and lets the next write start the WAL over from its beginning.
+        """
+        if self._path is None:
+            return
+        limiter = trio.CapacityLimiter(1)  # the checkpoint connection's own: one thread call at a time
+        checkpointer: sqlite3.Connection | None = None
+
+        def checkpoint() -> None:
+            nonlocal checkpointer
+            if checkpointer is None:
+                checkpointer = sqlite3.connect(self._path or "", check_same_thread=False, isolation_level=None)
+                checkpointer.execute("PRAGMA busy_timeout = 5000")
+            checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # to the end: no statement left open
+
+        try:
+            while True:
+                await self._checkpoint_wanted.wait()
+                self._checkpoint_wanted = trio.Event()
+                self._commits = 0
+                try:
+                    await trio.to_thread.run_sync(checkpoint, limiter=limiter)
+                except sqlite3.Error as exc:
+                    # The WAL just grows until the next try (or the checkpoint at close); never worth stopping.
+                    self._log.error("store.checkpoint_failed", error=f"{exc.__class__.__name__}: {exc}")
+                    await trio.sleep(1)
+                else:
+                    self.checkpoints += 1
+                    self._checkpointed.set()
+                    self._checkpointed = trio.Event()
+        finally:
+            if checkpointer is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(checkpointer.close, limiter=limiter)
+
+    async def wait_for_checkpoints(self, count: int) -> None:
+        """Until the background task has run ``count`` checkpoints in all."""
+        while self.checkpoints < count:
+            await self._checkpointed.wait()
 
     async def _close(self) -> None:
         """Flush pending deletions, checkpoint the WAL into the main file, close."""
@@ -429,12 +529,24 @@ def _connect(path: str) -> sqlite3.Connection:
         # NORMAL in WAL mode: a committed row survives a crash of the process (what "queued" promises);
         # only a power loss can drop the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints run in a thread of their own (RelayStore._checkpoint_loop), never inside a commit.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _wal_database_file(conn: sqlite3.Connection) -> str | None:
+    """The main database's file when it is in WAL mode (the checkpointer opens it too), else None."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        return None
+    for _seq, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main" and file:
+            return str(file)
+    return None
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -475,11 +587,12 @@ async def open_store(path: str, log: Logger | None = None) -> AsyncIterator[Rela
         conn = await trio.to_thread.run_sync(_connect, path)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open relay database {path}: {exc}") from exc
-    store = RelayStore(conn, log or Logger("relay.store"))
+    store = RelayStore(conn, log or Logger("relay.store"), _wal_database_file(conn))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._discard_loop)
             nursery.start_soon(store._insert_loop)
+            nursery.start_soon(store._checkpoint_loop)
             try:
                 yield store
             finally:

@@ -18,7 +18,7 @@ from relay_support import (
 
 from agentroomd.relay.config import RelayConfig
 from agentroomd.relay.server import RelayHandle, serve_relay
-from agentroomd.relay.store import open_store
+from agentroomd.relay.store import CHECKPOINT_EVERY_COMMITS, open_store
 from agentroomd.relay.wire import routed_text
 from ratchet.frames import Delivery, as_forwarded
 
@@ -158,3 +158,20 @@ async def test_concurrent_enqueues_are_committed_in_one_order_within_the_cap(tmp
         rows = await store.fetch_pending("pk", 0, 100, 0)
         assert [row.ord for row in rows] == sorted(results[i] for i in stored)  # type: ignore[type-var]
         assert [row.id for row in rows] == [f"row-{i}" for i in sorted(stored, key=lambda i: results[i] or 0)]
+
+
+async def test_the_wal_is_checkpointed_in_the_background_and_stays_bounded(tmp_path: Path) -> None:
+    # Commits run on the event loop with SQLite's auto-checkpoint off; the store's own task checkpoints
+    # (in a thread) every CHECKPOINT_EVERY_COMMITS commits, so the WAL file is reused instead of growing.
+    db = tmp_path / "relay.db"
+    envelope = "x" * 2_000
+    async with open_store(str(db)) as store:
+        sizes = []
+        for round_ in range(1, 4):
+            for i in range(CHECKPOINT_EVERY_COMMITS):
+                await store.enqueue(f"pk-{i % 7}", f"row-{round_}-{i}", envelope, 1, cap=10_000)  # one commit each
+            with trio.fail_after(10):
+                await store.wait_for_checkpoints(round_)
+            sizes.append(Path(f"{db}-wal").stat().st_size)
+        assert sizes[2] <= sizes[0] * 1.5, sizes  # without checkpoints it would be about 3x
+        assert (await store.counts()).pending == 3 * CHECKPOINT_EVERY_COMMITS
