@@ -36,7 +36,7 @@ from agentroomd.relay.connection import Connection
 from agentroomd.relay.hub import Hub, wall_ms
 from agentroomd.relay.metrics import Metrics
 from agentroomd.relay.store import RelayStore, StoreError
-from agentroomd.relay.wire import ack_text, routed_text
+from agentroomd.relay.wire import ack_text, parse_client_frame, routed_text
 from ratchet.frames import (
     Ack,
     AckStatus,
@@ -57,7 +57,6 @@ from ratchet.frames import (
     make_ack,
     make_error,
     make_hello_ack,
-    parse_frame,
     pong_for,
     routed_from_claim,
     serialize_frame,
@@ -282,7 +281,7 @@ class RelayApp:
 
     async def _handle_data(self, conn: Connection, data: str | bytes) -> None:
         try:
-            frame = parse_frame(data)
+            frame = parse_client_frame(data)
         except FrameError as exc:
             if not self._take_frame_token(conn):
                 await self._rate_limited(conn, exc.msg_id)
