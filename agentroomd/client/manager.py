@@ -28,7 +28,7 @@ import trio
 from agentroomd.client.connection import Backoff, ConnectionLost, DeliveryNotStored, RelayConnection
 from agentroomd.client.handshakes import REGISTRY_KEY, Handshakes, InviteInfo
 from agentroomd.client.journal import StoreJournal
-from agentroomd.client.peer_session import Duplicate, PeerSession, SealError
+from agentroomd.client.peer_session import Duplicate, PeerSession, SealError, v3_msg_id
 from agentroomd.client.store import ClientStore, OutboxRow, PeerRow, StoreError
 from agentroomd.control.api import ReceivedMessage
 from agentroomd.log import Logger, short_pk
@@ -40,6 +40,7 @@ from ratchet.keys import KeyPair
 from ratchet.rand import SYSTEM_RANDOM, RandomSource
 from ratchet.signatures import verify_routed
 from ratchet.v3.session import MAX_PLAINTEXT as V3_MAX_PLAINTEXT
+from ratchet.v3.transport import routed_frame
 
 V2_MAX_PLAINTEXT = 147_440  # 196,608 base64url chars of ciphertext, minus the 16-byte MAC
 # One limit for every peer, whatever its protocol: v3's frame header makes its limit slightly lower.
@@ -78,6 +79,20 @@ class _SendWaiter:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _refuse_closed(pk: str, session: PeerSession, consequence: str) -> None:
+    """Raise the clear error for a v3 session that was closed, naming who closed it."""
+    state = session.state
+    if not isinstance(state, v3.Session) or not state.closed:
+        return
+    if state.closed_by_us and state.closed_by_peer:
+        who = f"the session with {short_pk(pk)} was closed by both sides"
+    elif state.closed_by_us:
+        who = f"you closed the session with {short_pk(pk)} (`agentroomctl close`)"
+    else:
+        who = f"{short_pk(pk)} closed the session"
+    raise ClientError("session_closed", f"{who}: {consequence}; a new conversation needs a new invite")
 
 
 class SessionManager:
@@ -233,6 +248,19 @@ class SessionManager:
     def peers(self) -> list[PeerRow]:
         return sorted(self._peers.values(), key=lambda row: row.created_at)
 
+    def peer_state(self, pk: str) -> str:
+        """"established", "pending" (our v3 claim waits for the inviter's answer) or "closed" (by either side).
+
+        Read from the session itself, not from the peers table's handshake column, so it cannot disagree
+        with what `send_message` allows.
+        """
+        session = self._sessions.get(pk)
+        if session is None:
+            return "pending"
+        if isinstance(session.state, v3.Session) and session.state.closed:
+            return "closed"
+        return "established"
+
     async def message_counts(self, pk: str) -> dict[str, int]:
         """Messages journaled with ``pk``: {"in": received, "out": sent}."""
         return await self.store.call(self.store.count_messages, pk)
@@ -302,6 +330,7 @@ class SessionManager:
             if session is None:
                 raise ClientError("handshake_pending", f"the handshake with {short_pk(pk)} is not finished yet: "
                                   "the inviter has not answered (is its daemon running?)")
+            _refuse_closed(pk, session, "nothing more can be sent on it")
             ts = self.clock_ms()
             try:
                 new_session, frame = session.seal(self.identity, self.pk, pk, plaintext, self.rng.uuid4(), ts,
@@ -317,26 +346,78 @@ class SessionManager:
                 self._send_waiters.pop(frame.msg_id, None)
                 raise ClientError("store_failed", f"message not sent: {exc}") from exc
             self._sessions[pk] = new_session
-            # Still under the peer lock: this peer's rows reach the sender in the order they were sealed.
-            # Offline, the row is left to the table (so an outage does not pile copies of the outbox up
-            # in memory), and the sender must then read the table before it takes anything from memory.
-            conn = self.connection(row.relay_url)
-            if conn.is_connected and not self._reread[row.relay_url]:
-                self._fresh[row.relay_url].append(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
-            else:
-                self._reread[row.relay_url] = True
+            self._hand_to_sender(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
         self.counters.sent += 1
         self._wake[row.relay_url].set()
+        return await self._relay_answer(waiter, frame.msg_id, timeout_s), frame.msg_id, pk
+
+    def _hand_to_sender(self, row: OutboxRow) -> None:
+        """A row just committed to the outbox goes to its relay's sender; call under the peer's lock.
+
+        Under the peer lock, this peer's rows reach the sender in the order they were sealed. Offline,
+        the row is left to the table (so an outage does not pile copies of the outbox up in memory),
+        and the sender must then read the table before it takes anything from memory.
+        """
+        conn = self.connection(row.relay_url)
+        if conn.is_connected and not self._reread[row.relay_url]:
+            self._fresh[row.relay_url].append(row)
+        else:
+            self._reread[row.relay_url] = True
+
+    async def _relay_answer(self, waiter: _SendWaiter, msg_id: str, timeout_s: float) -> str:
+        """The relay's word on a frame handed to the sender: "delivered" / "queued", or "pending" in time."""
         try:
             with trio.move_on_after(timeout_s):
                 await waiter.done.wait()
         finally:
-            self._send_waiters.pop(frame.msg_id, None)
+            self._send_waiters.pop(msg_id, None)
         if not waiter.done.is_set():
-            return "pending", frame.msg_id, pk
+            return "pending"
         if waiter.error is not None:
             raise ClientError("relay_refused", waiter.error)
-        return waiter.status, frame.msg_id, pk
+        return waiter.status
+
+    async def close_peer(self, peer_ref: str, timeout_s: float = 30.0) -> tuple[str, str, str]:
+        """End the v3 session with a peer for good: seal, save and send its CLOSE; (status, msg_id, peer pk).
+
+        The CLOSE is an authenticated end marker: the peer learns that the conversation ended here, so a
+        relay that drops its tail cannot pass it off as complete. It takes the path of a message (state
+        and sealed frame in one transaction, then the outbox sender) and answers with the relay's status
+        the way `send_message` does. Afterwards nothing more is sent to the peer, also after a restart.
+        """
+        pk = self.resolve_peer(peer_ref)
+        async with self._lock(pk):
+            row = self._peers[pk]
+            session = self._sessions.get(pk)
+            if session is None:
+                raise ClientError("handshake_pending", f"the handshake with {short_pk(pk)} is not finished yet: "
+                                  "there is no session to close (the inviter has not answered)")
+            if not isinstance(session.state, v3.Session):
+                raise ClientError("close_unsupported", f"the session with {short_pk(pk)} speaks protocol v2 (a "
+                                  "TypeScript peer), which has no authenticated close: nothing was sent. Tell the "
+                                  "peer in a message that the conversation ends here, and stop writing to it")
+            _refuse_closed(pk, session, "there is nothing left to close")
+            ts = self.clock_ms()
+            try:
+                sealed_close = v3.close(session.state, self.identity, ts, self.rng)
+            except RatchetError as exc:
+                raise ClientError("session_error", f"cannot close the session with {short_pk(pk)}: {exc}") from exc
+            frame = routed_frame(sealed_close.frame, v3_msg_id(sealed_close.frame.nonce), ts)
+            new_session = PeerSession(3, sealed_close.state)
+            waiter = self._send_waiters[frame.msg_id] = _SendWaiter()
+            sealed = serialize_frame(frame)
+            try:
+                row_id = await self.store.now(self.store.record_outgoing, pk, new_session.dump(), frame.msg_id,
+                                               row.relay_url, sealed, None, ts, handshake="closed")
+            except StoreError as exc:
+                self._send_waiters.pop(frame.msg_id, None)
+                raise ClientError("store_failed", f"session not closed: {exc}") from exc
+            self._sessions[pk] = new_session
+            self._peers[pk] = attrs.evolve(row, handshake="closed")
+            self._hand_to_sender(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
+        self.log.info("session.closed_by_us", peer=short_pk(pk))
+        self._wake[row.relay_url].set()
+        return await self._relay_answer(waiter, frame.msg_id, timeout_s), frame.msg_id, pk
 
     async def _outbox_sender(self, conn: RelayConnection) -> None:
         """Sends this relay's outbox in order, one frame at a time, each until the relay answers it.

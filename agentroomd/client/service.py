@@ -32,6 +32,9 @@ _KINDS = {
     "already_exists": api.ALREADY_EXISTS,
     "too_large": api.LIMIT_EXCEEDED,
     "session_error": api.INVALID_STATE,
+    "session_closed": api.INVALID_STATE,
+    "close_unsupported": api.INVALID_STATE,
+    "handshake_pending": api.INVALID_STATE,
     "store_failed": api.STORAGE_ERROR,
 }
 
@@ -134,8 +137,16 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
         return api.InviteAcceptResult(peer=peer, relay=relay, answered=answered)
 
     async def peer_list(params: api.Empty, caller: Caller) -> api.PeerListResult:
-        return api.PeerListResult(peers=[api.PeerInfo(pk=row.pk, alias=row.alias, relay=row.relay_url)
+        return api.PeerListResult(peers=[api.PeerInfo(pk=row.pk, alias=row.alias, relay=row.relay_url,
+                                                      state=manager.peer_state(row.pk))
                                          for row in manager.peers()])
+
+    async def peer_close(params: api.PeerCloseParams, caller: Caller) -> api.PeerCloseResult:
+        try:
+            status, msg_id, peer = await manager.close_peer(params.peer, timeout_s=timeout)
+        except ClientError as exc:
+            raise rpc_error(exc) from exc
+        return api.PeerCloseResult(peer=peer, status=status, msg_id=msg_id)
 
     async def message_send(params: api.MessageSendParams, caller: Caller) -> api.MessageSendResult:
         try:
@@ -148,4 +159,5 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
     ctx.methods.register(api.INVITE_CREATE, invite_create)
     ctx.methods.register(api.INVITE_ACCEPT, invite_accept)
     ctx.methods.register(api.PEER_LIST, peer_list)
+    ctx.methods.register(api.PEER_CLOSE, peer_close)
     ctx.methods.register(api.MESSAGE_SEND, message_send)

@@ -418,15 +418,19 @@ class ClientStore:
     # -- sending: ratchet state and sealed frame in one transaction ------------------------------
 
     def record_outgoing(self, peer_pk: str, state: bytes, msg_id: str, relay_url: str, frame: str,
-                        text: str | None, ts: int) -> int:
+                        text: str | None, ts: int, handshake: str | None = None) -> int:
         """Save the advanced ratchet state, the sealed frame (outbox) and the journal line together.
 
         Runs before the frame leaves: after a crash the frame is re-sent from the outbox and the
         ratchet never re-derives the same message key for another plaintext. Returns the outbox row's id.
+        A frame with no ``text`` (a v3 CLOSE) is not journaled; ``handshake`` (e.g. "closed") is saved too.
         """
 
         def body(db: sqlite3.Connection) -> int:
-            db.execute("UPDATE peers SET state = ? WHERE pk = ?", (state, peer_pk))
+            if handshake is None:
+                db.execute("UPDATE peers SET state = ? WHERE pk = ?", (state, peer_pk))
+            else:
+                db.execute("UPDATE peers SET state = ?, handshake = ? WHERE pk = ?", (state, handshake, peer_pk))
             cur = db.execute(
                 "INSERT INTO outbox (msg_id, relay_url, peer_pk, frame, created_at) VALUES (?, ?, ?, ?, ?)",
                 (msg_id, relay_url, peer_pk, frame, ts),

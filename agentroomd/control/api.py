@@ -255,11 +255,26 @@ class PeerInfo:
     pk: str
     alias: str | None
     relay: str
+    # "established" | "pending" (our v3 claim waits for the inviter's answer) | "closed" (by either side)
+    state: str = "established"
 
 
 @attrs.frozen
 class PeerListResult:
     peers: list[PeerInfo]
+
+
+# peer.close
+@attrs.frozen
+class PeerCloseParams:
+    peer: str  # a full public key, a unique prefix of one, or a local alias
+
+
+@attrs.frozen
+class PeerCloseResult:
+    peer: str  # the full public key PEER resolved to
+    status: str  # the CLOSE frame's, as message.send's: "delivered" | "queued" | "pending"
+    msg_id: str
 
 
 # message.send
@@ -453,6 +468,7 @@ RELAY_CONNECT = MethodSpec("relay.connect", RelayConnectParams, RelayConnectResu
 INVITE_CREATE = MethodSpec("invite.create", InviteCreateParams, InviteCreateResult, "a single-use invite URL")
 INVITE_ACCEPT = MethodSpec("invite.accept", InviteAcceptParams, InviteAcceptResult, "redeem an invite")
 PEER_LIST = MethodSpec("peer.list", Empty, PeerListResult, "peers with a session")
+PEER_CLOSE = MethodSpec("peer.close", PeerCloseParams, PeerCloseResult, "end a v3 session, telling the peer")
 MESSAGE_SEND = MethodSpec("message.send", MessageSendParams, MessageSendResult, "encrypt and send; answers on ACK")
 MESSAGE_SUBSCRIBE = MethodSpec("message.subscribe", SubscribeParams, SubscribeResult, "stream received messages")
 MESSAGE_UNSUBSCRIBE = MethodSpec("message.unsubscribe", UnsubscribeParams, Empty, "end a subscription")
@@ -473,6 +489,7 @@ ALL_METHODS: tuple[MethodSpec[Any, Any], ...] = (
     INVITE_CREATE,
     INVITE_ACCEPT,
     PEER_LIST,
+    PEER_CLOSE,
     MESSAGE_SEND,
     MESSAGE_SUBSCRIBE,
     MESSAGE_UNSUBSCRIBE,
