@@ -89,7 +89,9 @@ def build_parser() -> Parser:
     accept.add_argument("--alias", help="a local name for the new peer")
     _handler_options(accept, "answer the inviter's messages with CMD (kept across daemon restarts)")
     accept.add_argument("--seed", help="send TEXT to the inviter right after accepting (counts as turn 1)")
-    command("peers", "list peers with a session")
+    command("peers", "list peers with a session, and its state (established, pending or closed)")
+    close = command("close", "end the session with a peer for good, telling it the conversation ended here")
+    close.add_argument("peer", help="full public key, unique prefix, or alias")
     send = command("send", "send one message to a peer", commands)
     send.add_argument("peer", help="full public key, unique prefix, or alias")
     send.add_argument("text", help="the message, or - to read it from stdin (one trailing newline is dropped)")
@@ -356,7 +358,19 @@ def cmd_peers(args: argparse.Namespace, client: ControlClient) -> int:
         print("No peers yet: create an invite with `agentroomctl invite create`, or accept one.", file=sys.stderr)
     else:
         for peer in listing.peers:
-            print(f"{peer.pk}  {peer.alias or '-'}  {peer.relay}")
+            print(f"{peer.pk}  {peer.alias or '-'}  {peer.relay}  {peer.state}")
+    return exitcodes.OK
+
+
+def cmd_close(args: argparse.Namespace, client: ControlClient) -> int:
+    closed = client.call(api.PEER_CLOSE, api.PeerCloseParams(peer=args.peer))
+    if args.json:
+        _emit(_result_json(closed))
+    else:
+        print(f"Closed the session with {closed.peer} (relay: {closed.status})")
+        if closed.status == "pending":
+            print("The relay has not answered yet: the close goes out by itself once it is reachable.",
+                  file=sys.stderr)
     return exitcodes.OK
 
 
@@ -642,6 +656,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ControlClient], int]] = {
     "invite create": cmd_invite_create,
     "invite accept": cmd_invite_accept,
     "peers": cmd_peers,
+    "close": cmd_close,
     "send": cmd_send,
     "listen": cmd_listen,
     "room open": cmd_room_open,
