@@ -315,7 +315,7 @@ class Handshakes:
     def mark_established(self, pk: str) -> None:
         """The peer proved it holds the session (a valid SESSION_ACK or a message): wake `invite accept`."""
         row = self.m._peers.get(pk)
-        if row is not None and row.handshake != "established":
+        if row is not None and row.handshake not in ("established", "closed"):  # a closed session stays closed
             self.m._peers[pk] = attrs.evolve(row, handshake="established")
             self.m.log.info("session.established", peer=short_pk(pk), role="invitee", version=row.version)
             if self.m._nursery is not None:

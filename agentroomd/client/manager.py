@@ -553,6 +553,7 @@ class SessionManager:
                 # the peer ended the session (v3's authenticated end marker): keep its state, say so
                 await self.store.call(self.store.set_peer_state, pk, new_session.dump(), "closed")
                 self._sessions[pk] = new_session
+                self._peers[pk] = attrs.evolve(self._peers[pk], handshake="closed")
                 self.log.info("session.closed_by_peer", peer=short_pk(pk))
                 return
             text = plaintext.decode("utf-8", errors="replace")
