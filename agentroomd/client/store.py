@@ -88,8 +88,12 @@ CREATE TABLE IF NOT EXISTS journal (
 """
 
 
-# The WAL is checkpointed into the database (by a flush, in a worker thread) once it is this big.
-CHECKPOINT_BYTES = 4 * 1024 * 1024
+# A flush checkpoints the WAL into the database (in a worker thread) after this many commits. The WAL is
+# then rewritten from its start, in place: an fdatasync of blocks the file already has commits no file
+# size change (no filesystem journal commit), ~90 us instead of ~140 us per flush on this disk, and
+# does not queue behind other files' fsyncs. `journal_size_limit` caps what a burst leaves behind.
+CHECKPOINT_COMMITS = 500
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 _PEER_COLUMNS = "pk, alias, relay_url, created_at, state, handshake, version"
 _INVITE_COLUMNS = "invite_id, nonce, relay_url, expires_at, created_at, redeemed_by, options, version"
@@ -162,11 +166,12 @@ def _now_ms() -> int:
 class ClientStore:
     """Owns the client database; every table is read and written only through this class."""
 
-    def __init__(self, path: Path, *, checkpoint_bytes: int = CHECKPOINT_BYTES) -> None:
+    def __init__(self, path: Path, *, checkpoint_commits: int = CHECKPOINT_COMMITS) -> None:
         self.path = Path(path)
         self.wal_path = self.path.with_name(self.path.name + "-wal")
         self._limiter = trio.CapacityLimiter(1)
-        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint_commits = checkpoint_commits
+        self._checkpointed_at = 0  # `_commits` when the last checkpoint started
         self._commits = 0  # transactions committed (written only under the limiter)
         self._flushed = 0  # of which the last completed flush covers this many
         self._flush_lock = trio.Lock()
@@ -180,6 +185,7 @@ class ClientStore:
             # Committed is crash-safe; `flush` makes it power-safe. Checkpoints run in `flush`, off the loop.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._migrate()
@@ -226,11 +232,10 @@ class ClientStore:
     async def flush(self) -> None:
         """Return once every transaction committed before this call is on disk (survives a power cut).
 
-        Concurrent callers share one fdatasync; with nothing new committed it costs nothing. When the WAL
-        has grown past ``checkpoint_bytes`` the flush is a checkpoint instead (which syncs the WAL, copies
-        it into the database, syncs that and truncates the WAL), so the WAL stays small without SQLite
-        ever checkpointing inside a commit on the event loop. Raises `StoreFlushError` once the disk has
-        refused a flush, and on every call after that.
+        Concurrent callers share one fdatasync; with nothing new committed it costs nothing. Every
+        ``checkpoint_commits`` commits the flush is a checkpoint instead (SQLite syncs the WAL, copies it
+        into the database and syncs that), so SQLite never checkpoints inside a commit on the event loop.
+        Raises `StoreFlushError` once the disk has refused a flush, and on every call after that.
         """
         if self._flush_failure is not None:
             raise self._flush_failure
@@ -243,7 +248,8 @@ class ClientStore:
             if self._flush_failure is not None:
                 raise self._flush_failure
             try:
-                if self._wal_size() > self._checkpoint_bytes:
+                if target - self._checkpointed_at >= self._checkpoint_commits:
+                    self._checkpointed_at = target
                     await self.call(self._checkpoint)
                     self.checkpoints += 1
                 else:
@@ -257,12 +263,6 @@ class ClientStore:
             self._flushed = max(self._flushed, target)
             self.flushes += 1
 
-    def _wal_size(self) -> int:
-        try:
-            return self.wal_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
     def _sync_wal(self) -> None:
         """fdatasync the WAL through a descriptor of our own (kept open; reopened if the file was replaced)."""
         fd = self._wal_fd
@@ -274,9 +274,11 @@ class ClientStore:
         os.fdatasync(fd)
 
     def _checkpoint(self) -> None:
-        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        """Copy the WAL into the database; the next commit starts the WAL over from its first block."""
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if busy:  # cannot happen with our single connection; never report a flush that did not happen
             raise sqlite3.OperationalError("WAL checkpoint was blocked")
+        self._sync_wal()  # what SQLite had nothing left to copy it may not have synced: a flush is a flush
 
     # -- transactions ---------------------------------------------------------------------------
 
