@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import daemon, handlers, latency, soak, throughput
+from bench import daemon, handlers, latency, ratchet, soak, throughput
 from bench.__main__ import Outcome, print_table, write_results
 from bench.harness import profile_report, table_lines
 
@@ -30,6 +30,18 @@ def check_rows(outcome: dict[str, Any], bench: str, count: int) -> list[dict[str
     assert outcome["ok"] == all(row["ok"] is not False for row in rows)
     assert len(table_lines(rows)) == count + 1
     return rows
+
+
+def test_ratchet_prints_v2_and_v3_headlines_against_their_floors(capsys: Any) -> None:
+    status = ratchet.main(["--messages", "20", "--rounds", "1", "--size", "64"])
+    printed = capsys.readouterr().out
+    headlines = [line for line in printed.splitlines() if "target" in line.lower()]
+    names = [line.split("  ")[0] for line in headlines]
+    assert names == [f"{v} {row}" for v in ("v2", "v3") for row in ("encrypt + sign", "verify + decrypt", "round trip")]
+    ratios = [float(line[30:].split()[2]) for line in headlines]  # name (30 wide), ours, floor, ratio
+    assert all(ratio > 0 for ratio in ratios)
+    assert status == (0 if min(ratios) >= ratchet.TARGET else 1)
+    assert "v3 decrypt, sig pre-checked" in printed
 
 
 async def test_latency_times_every_turn_beside_the_echo() -> None:
