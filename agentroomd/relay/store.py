@@ -244,6 +244,7 @@ class RelayStore:
         return request.ord
 
     async def _insert_loop(self) -> None:
+        batch: list[_Insert] = []
         try:
             while True:
                 await self._insert_wanted.wait()
@@ -264,9 +265,12 @@ class RelayStore:
                 for request in batch:
                     request.done.set()
         finally:
-            for request in self._inserts:  # only if the store closes under a caller: fail it, never hang it
-                request.error = StoreError("enqueue: store is closing")
-                request.done.set()
+            # Only if the store closes under a caller (cancelled while waiting for the connection, or
+            # before its turn): fail it, never hang it. A committed request is already done.
+            for request in [*batch, *self._inserts]:
+                if not request.done.is_set():
+                    request.error = StoreError("enqueue: store is closing")
+                    request.done.set()
 
     async def fetch_pending(self, to_pk: str, after_ord: int, limit: int, not_before_s: int) -> list[PendingRow]:
         """Up to ``limit`` rows for ``to_pk`` after ``after_ord``, oldest first, younger than the TTL."""
