@@ -27,6 +27,8 @@ what retrying cannot fix (no binary). A later URL line (the provider moved us) i
 Subscribers read `TunnelSupervisor.status`, an `ObservableValue` with the latest state.
 
 The process runs in its own process group; cancelling `run` stops the whole group (TERM, grace, KILL).
+With ``child_record``, the running process is written down there (`agentroomd.orphans`) until it has
+been reaped, so a daemon restarted after a SIGKILL can end the tunnel its predecessor left running.
 Command lines are never logged: a named tunnel's command may carry a token.
 """
 
@@ -44,6 +46,7 @@ import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +54,7 @@ import attrs
 import trio
 
 from agentroomd.log import Logger
+from agentroomd.orphans import ChildRecord, forget_child, record_child
 from agentroomd.systemd import scrubbed_environment
 
 T = TypeVar("T")
@@ -267,6 +271,7 @@ class TunnelSupervisor:
         rng: random.Random | None = None,
         logger: Logger | None = None,
         label: str = "",
+        child_record: Path | None = None,
     ) -> None:
         self.config = config
         self.port = port
@@ -274,6 +279,7 @@ class TunnelSupervisor:
         self._rng = rng or random.Random()
         self._log = logger or Logger("tunnel")
         self._label = label
+        self._child_record = child_record
         self.status = ObservableValue(TunnelStatus(provider=config.provider, state=TunnelState.STARTING))
         self._pattern = (
             QUICK_TUNNEL_URL
@@ -362,11 +368,17 @@ class TunnelSupervisor:
             no_url_in_time = True
             scope.cancel()  # stops the process: it is not going to give us a URL
 
+        async def record_after_url(pid: int, recorded: ChildRecord | None) -> None:
+            await seen_url.wait()  # a command's shell has exec'd the program by now: note its final command line
+            await self._record_child(pid, argv[0], recorded)
+
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:
                 process = await nursery.start(run)
+                recorded = await self._record_child(process.pid, argv[0])
                 nursery.start_soon(url_deadline, nursery.cancel_scope)
+                nursery.start_soon(record_after_url, process.pid, recorded)
                 assert process.stdout is not None
                 async with process.stdout:
                     async for line in output_lines(process.stdout):
@@ -386,8 +398,28 @@ class TunnelSupervisor:
             if process is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)  # whatever it left in its group
+                if process.returncode is not None:  # reaped: its pid may belong to anyone from now on
+                    self._forget_child()
         self._log.warn("tunnel_exited", room=self._label, error=reason)
         return reason
+
+    async def _record_child(self, pid: int, program: str, previous: ChildRecord | None = None) -> ChildRecord | None:
+        """Write the running child down in ``child_record``; a failed write costs only the cleanup after a crash."""
+        if self._child_record is None:
+            return None
+        try:
+            return await trio.to_thread.run_sync(record_child, self._child_record, pid, program, previous)
+        except OSError as exc:
+            self._log.warn("tunnel_child_not_recorded", room=self._label, error=str(exc))
+            return previous
+
+    def _forget_child(self) -> None:
+        if self._child_record is None:
+            return
+        try:
+            forget_child(self._child_record)
+        except OSError as exc:  # harmless: the next start finds it reaped (or reused) and leaves that pid alone
+            self._log.warn("tunnel_child_record_not_removed", room=self._label, error=str(exc))
 
     def _on_line(self, line: str, tail: deque[str], seen_url: trio.Event) -> None:
         if not line.strip():

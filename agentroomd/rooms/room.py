@@ -36,6 +36,7 @@ from agentroomd.control import api
 from agentroomd.control.inbox import Inbox
 from agentroomd.handlers import HandlerLimits
 from agentroomd.log import Logger, short_pk
+from agentroomd.orphans import CHILD_RECORD_FILE
 from agentroomd.relay.config import RelayConfig, relay_config_from
 from agentroomd.relay.server import RelayHandle, serve_relay
 from agentroomd.rooms.responder import Responder, end_notice
@@ -179,6 +180,7 @@ class Room:
                     self.tunnel = TunnelSupervisor(
                         self.deps.tunnel_config, relay.port, environ=self.deps.environ,
                         logger=Logger("tunnel"), label=self.room_id,
+                        child_record=self.directory / CHILD_RECORD_FILE,
                     )  # fmt: skip
                     await nursery.start(self.tunnel.run)
                     nursery.start_soon(self._follow_tunnel, self.tunnel)

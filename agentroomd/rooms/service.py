@@ -34,6 +34,7 @@ from agentroomd.control.rpc import Caller
 from agentroomd.files import ensure_private_dir
 from agentroomd.handlers import limits_from_table
 from agentroomd.log import short_pk
+from agentroomd.orphans import CHILD_RECORD_FILE, end_orphans
 from agentroomd.rooms.responder import Responder
 from agentroomd.rooms.room import Room, RoomDeps, describe_error
 from agentroomd.rooms.state import (
@@ -137,6 +138,8 @@ class RoomsService:
         """Start every saved room and attached handler again (rooms on their saved ports)."""
         ensure_private_dir(self.rooms_dir)
         ensure_private_dir(self.handlers_dir)
+        # Tunnels a killed daemon left running would serve dead ports, and the rooms would start second ones.
+        await end_orphans(self.rooms_dir.glob(f"*/{CHILD_RECORD_FILE}"), self.deps.tunnel_config.kill_grace_s, self.log)
         for directory in sorted(self.rooms_dir.iterdir()):
             path = directory / ROOM_FILE
             if not directory.is_dir() or not path.exists():
