@@ -121,7 +121,10 @@ def read_child_record(path: Path) -> ChildRecord:
 
 def still_running(record: ChildRecord, proc: Path = PROC) -> str | None:
     """None when ``record``'s process is alive and verifiably the one recorded; otherwise why not."""
-    if record.boot_id != boot_id(proc):
+    current_boot = boot_id(proc)
+    if current_boot is None:
+        return "/proc cannot identify it"
+    if record.boot_id != current_boot:
         return "recorded before the last boot"
     identity = read_identity(record.pid, proc)
     if identity is None:

@@ -368,21 +368,23 @@ class TunnelSupervisor:
             no_url_in_time = True
             scope.cancel()  # stops the process: it is not going to give us a URL
 
-        async def record_after_url(pid: int, recorded: ChildRecord | None) -> None:
-            await seen_url.wait()  # a command's shell has exec'd the program by now: note its final command line
-            await self._record_child(pid, argv[0], recorded)
-
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:
                 process = await nursery.start(run)
                 recorded = await self._record_child(process.pid, argv[0])
                 nursery.start_soon(url_deadline, nursery.cancel_scope)
-                nursery.start_soon(record_after_url, process.pid, recorded)
                 assert process.stdout is not None
                 async with process.stdout:
                     async for line in output_lines(process.stdout):
-                        self._on_line(line, tail, seen_url)
+                        found = self._url_in(line, tail)
+                        if found is None:
+                            continue
+                        if not seen_url.is_set():
+                            # A command's shell has exec'd its program by now: the record names what serves it.
+                            recorded = await self._record_child(process.pid, argv[0], recorded)
+                            seen_url.set()
+                        self._publish(state=TunnelState.RUNNING, url=found[0], public_url=found[1], last_error=None)
                 await process.wait()
                 nursery.cancel_scope.cancel()  # the deadline task
         except* OSError as group:
@@ -421,17 +423,16 @@ class TunnelSupervisor:
         except OSError as exc:  # harmless: the next start finds it reaped (or reused) and leaves that pid alone
             self._log.warn("tunnel_child_record_not_removed", room=self._label, error=str(exc))
 
-    def _on_line(self, line: str, tail: deque[str], seen_url: trio.Event) -> None:
+    def _url_in(self, line: str, tail: deque[str]) -> tuple[str, str] | None:
+        """(relay URL, public URL) when ``line`` announces one; every line goes to ``tail`` and the debug log."""
         if not line.strip():
-            return
+            return None
         tail.append(line.strip())
         self._log.debug("tunnel_output", room=self._label, line=line[:500])
         match = self._pattern.search(line)
         if match is None:
-            return
+            return None
         try:
-            url = relay_url(match.group(0))
+            return relay_url(match.group(0)), match.group(0)
         except TunnelError:
-            return
-        seen_url.set()
-        self._publish(state=TunnelState.RUNNING, url=url, public_url=match.group(0), last_error=None)
+            return None
