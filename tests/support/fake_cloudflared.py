@@ -7,13 +7,25 @@ real process: the test steers it through files in its directory, which it polls:
 * ``mode`` (read at start): ``ok``, ``fail`` (the quick-tunnel request fails, exit 1) or ``silent`` (no URL);
 * ``control`` (written atomically by `FakeCloudflared.control`): ``die`` (exit 1) or ``url NAME`` (a new URL);
 * it records each run in ``calls.log`` (argv and NOTIFY_SOCKET) and its pid in ``pid-N`` (N counts runs from 1).
+
+It does not notice its parent dying (a daemon killed with -9 leaves it running, as the real one would
+until it next logs): `FakeCloudflared.running` lists the runs still alive, and `assert_none_left` is
+the teardown check that fails a test which leaves one behind (and ends the leftovers).
 """
 
+import contextlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import attrs
+
+from support.waiting import wait_pid_exit
+
+# A daemon stopping gracefully reaps its tunnel before it exits; this bound is for a busy machine.
+LEFTOVER_TIMEOUT_S = 10.0
 
 FAKE_CLOUDFLARED = r'''#!{python}
 """Fake cloudflared: logs like the real one (zerolog console format on stderr), obeys ./control."""
@@ -93,6 +105,29 @@ class FakeCloudflared:
     def pid(self, run: int) -> int:
         """The pid of run number ``run`` (from 1)."""
         return int((self.directory / f"pid-{run}").read_text())
+
+    def is_running(self, pid: int) -> bool:
+        """Whether ``pid`` is alive and still this fake (not a zombie, not a process that got the pid since)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != b"Z" and os.fsencode(self.binary) in cmdline
+
+    def running(self) -> list[int]:
+        """The pids of every run that is still running."""
+        pids = [int(path.read_text()) for path in sorted(self.directory.glob("pid-*"))]
+        return [pid for pid in pids if self.is_running(pid)]
+
+    def assert_none_left(self, timeout: float = LEFTOVER_TIMEOUT_S) -> None:
+        """Teardown: every run has exited (waiting up to ``timeout`` for ones on their way out), else fail,
+        after killing the leftovers so one leak does not outlive the test that made it."""
+        leftovers = [pid for pid in self.running() if not wait_pid_exit(pid, timeout) and self.is_running(pid)]
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        assert not leftovers, f"fake cloudflared runs left running after the test (pids {leftovers}), now killed"
 
 
 def install_fake_cloudflared(directory: Path) -> FakeCloudflared:

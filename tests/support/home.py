@@ -94,7 +94,7 @@ class Home:
 
 @contextlib.contextmanager
 def homes(*configs: str, **env: str) -> Iterator[list[Home]]:
-    """One `Home` per config (sharing ``env``), all closed (daemons killed, directories removed) afterwards."""
+    """One `Home` per config (sharing ``env``), all closed (daemons stopped, directories removed) afterwards."""
     made = [Home(config, **env) for config in configs]
     try:
         yield made

@@ -21,6 +21,8 @@ from support.waiting import wait_pid_exit
 
 RELAY_READY_TIMEOUT_S = 30.0
 DAEMON_READY_TIMEOUT_S = 15.0
+# Beyond the daemon's own shutdown grace (10 s by default), for a busy machine.
+STOP_TIMEOUT_S = 20.0
 LOG_TAIL_CHARS = 3000
 
 
@@ -153,10 +155,16 @@ class DaemonProcess:
         return [event for event in self.log_events() if event.get("event") == name]
 
     def close(self) -> None:
-        """Teardown: kill whatever is still running and reap it."""
+        """Teardown: stop the daemon as a service manager would (SIGTERM), so its tunnels and handlers end
+        with it; SIGKILL only when it has not exited within ``STOP_TIMEOUT_S``. (A SIGKILL here used to
+        leave every tunnel it ran behind, since they run in sessions of their own.)"""
         self._close_ready_fd()
         if self.process.poll() is None:
-            self.process.kill()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.process.wait(timeout=10)
 
 

@@ -3,7 +3,7 @@
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import trio
 from support.fake_cloudflared import FakeCloudflared, install_fake_cloudflared
 from support.waiting import wait_gone
 
+from agentroomd.orphans import CHILD_RECORD_FILE, read_child_record, still_running
 from agentroomd.tunnel import (
     TunnelConfig,
     TunnelError,
@@ -30,8 +31,10 @@ time.sleep(3600)
 
 
 @pytest.fixture
-def fake(tmp_path: Path) -> FakeCloudflared:
-    return install_fake_cloudflared(tmp_path)
+def fake(tmp_path: Path) -> Iterator[FakeCloudflared]:
+    fake = install_fake_cloudflared(tmp_path)
+    yield fake
+    fake.assert_none_left()  # every test here stops what it started
 
 
 def quick_config(fake: FakeCloudflared, **overrides: float) -> TunnelConfig:
@@ -196,3 +199,37 @@ async def test_generic_command_gets_the_port_and_its_url_is_found(tmp_path: Path
         assert await plain.wait_url() == "wss://p9123.lhr.life/ws"
         assert await picky.wait_url() == "wss://p9124.lhr.life/ws"
     assert plain.status.value.provider == "command"
+
+
+async def test_the_running_child_is_recorded_until_it_is_reaped(fake: FakeCloudflared, tmp_path: Path) -> None:
+    record = tmp_path / CHILD_RECORD_FILE
+    supervisor = TunnelSupervisor(quick_config(fake), 8787, child_record=record)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        with trio.fail_after(10):
+            await supervisor.wait_url()
+            first = read_child_record(record)
+            assert (first.pid, first.program, still_running(first)) == (fake.pid(1), "cloudflared", None)
+            fake.control("die")
+            await supervisor.status.wait_for(lambda s: s.url == "wss://fake-run-2.trycloudflare.com/ws")
+        assert read_child_record(record).pid == fake.pid(2)  # the dead run's record went, the new run's came
+        nursery.cancel_scope.cancel()
+    assert not record.exists()  # stopped and reaped: nothing for the next start to end
+
+
+async def test_a_command_that_execs_its_tunnel_is_recorded_as_the_program_it_became(
+    tmp_path: Path, supervise: Supervise
+) -> None:
+    script = tmp_path / "fake_ssh.py"
+    script.write_text(FAKE_SSH.format(python=sys.executable))
+    record = tmp_path / CHILD_RECORD_FILE
+    # The shell is still the shell when the record is first written; the URL comes from what it exec'd.
+    config = TunnelConfig(command=f"sleep 0.2; exec {sys.executable} {script} {{port}}")
+    supervisor = TunnelSupervisor(config, 9125, child_record=record)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        with trio.fail_after(10):
+            await supervisor.wait_url()
+        assert still_running(read_child_record(record)) is None  # rewritten before the URL went out
+        nursery.cancel_scope.cancel()
+    assert not record.exists()
