@@ -35,6 +35,7 @@ frame changes nothing, by construction. The crash-safety rules are part of the c
   is why the journal must deduplicate by ``message_id``.
 """
 
+import functools
 from typing import Final, Literal, TypeAlias
 
 import attrs
@@ -60,11 +61,12 @@ from ratchet.v3.wire import (
     MAX_FRAME_BYTES,
     MESSAGE_HEADER_BYTES,
     FrameType,
-    MessageHeader,
     RoutedFields,
     b64u,
     b64u_strict,
-    open_routed,
+    open_message,
+    pack_message_header,
+    public_key_text,
     seal_routed,
 )
 
@@ -247,7 +249,7 @@ def close(session: Session, identity: KeyPair, now_ms: int, rng: RandomSource, r
 def _seal(
     session: Session, identity: KeyPair, frame_type: FrameType, plaintext: bytes, now_ms: int, rng: RandomSource
 ) -> Sealed:
-    if b64u(identity.ed25519_pk) != session.own_pk:
+    if public_key_text(identity.ed25519_pk) != session.own_pk:
         raise ValueError("identity does not match the session's own key")
     if session.closed:
         raise SessionClosedError("the session is closed; start a new one with a new invite")
@@ -264,23 +266,23 @@ def _seal(
     if sending.n >= COUNTER_LIMIT:
         raise SendChainExhaustedError("the sending chain is exhausted; the peer must reply before we send again")
     next_chain, message_key = kdf_ck(sending.chain_key)
-    header = MessageHeader(
-        type=frame_type,
-        session_id=session.session_id,
-        ratchet_pk=sending.ratchet.public,
-        pn=session.previous_send_count,
-        n=sending.n,
-        nonce=rng.random_bytes(AEAD_NONCE_BYTES),
-    ).pack()
+    nonce = rng.random_bytes(AEAD_NONCE_BYTES)
+    header = pack_message_header(
+        frame_type, session.session_id, sending.ratchet.public, session.previous_send_count, sending.n, nonce
+    )
     associated = _associated_data(session, session.own_pk, session.peer_pk, header)
     box = aead_seal(message_key, header[-AEAD_NONCE_BYTES:], associated, plaintext)
     frame = seal_routed(identity, frame_type, session.peer_pk, header + box, sending.n)
-    state = attrs.evolve(
+    state = _successor(
         session,
         root_key=root_key,
         sending=SendingChain(sending.ratchet, next_chain, sending.n + 1),
+        receiving=session.receiving,
+        previous_send_count=session.previous_send_count,
         skipped=_unexpired(session.skipped, now_ms),
+        retired_ratchet_pks=session.retired_ratchet_pks,
         closed_by_us=frame_type is FrameType.CLOSE,
+        closed_by_peer=session.closed_by_peer,
         last_used_at=now_ms,
     )
     return Sealed(state, frame)
@@ -296,8 +298,9 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
     current receiving chain, then a new chain (DH step). A frame under an earlier ratchet key with no
     key kept is refused without any DH computation. ``signature_verified``: see `open_routed`.
     """
-    frame_type, inner = open_routed(frame, session.peer_pk, session.own_pk, signature_verified=signature_verified)
-    header = MessageHeader.parse(inner)
+    frame_type, header, inner = open_message(
+        frame, session.peer_pk, session.own_pk, signature_verified=signature_verified
+    )
     if header.session_id != session.session_id:
         raise SessionMismatchError("the frame belongs to another session with this peer")
     header_bytes, box = inner[:MESSAGE_HEADER_BYTES], inner[MESSAGE_HEADER_BYTES:]
@@ -321,9 +324,15 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
                 raise SkippedKeyExpiredError(f"the key kept for late message {header.n} expired")
             plaintext = open_with(entry.key)
             remaining = session.skipped[:index] + session.skipped[index + 1 :]
-            state = attrs.evolve(
+            state = _successor(
                 session,
+                root_key=session.root_key,
+                sending=session.sending,
+                receiving=session.receiving,
+                previous_send_count=session.previous_send_count,
                 skipped=_unexpired(remaining, now_ms),
+                retired_ratchet_pks=session.retired_ratchet_pks,
+                closed_by_us=session.closed_by_us,
                 closed_by_peer=session.closed_by_peer or closes,
                 last_used_at=now_ms,
             )
@@ -340,10 +349,15 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
         chain_key, skipped_here = _skip(receiving.chain_key, receiving.n, header.n)
         next_chain, message_key = kdf_ck(chain_key)
         plaintext = open_with(message_key)
-        state = attrs.evolve(
+        state = _successor(
             session,
+            root_key=session.root_key,
+            sending=session.sending,
             receiving=ReceivingChain(receiving.ratchet_pk, next_chain, header.n + 1),
+            previous_send_count=session.previous_send_count,
             skipped=_store(session.skipped, [(receiving.ratchet_pk, skipped_here)], now_ms),
+            retired_ratchet_pks=session.retired_ratchet_pks,
+            closed_by_us=session.closed_by_us,
             closed_by_peer=closes,
             last_used_at=now_ms,
         )
@@ -371,7 +385,7 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
     retired = session.retired_ratchet_pks
     if receiving is not None:
         retired = (*retired, receiving.ratchet_pk)[-MAX_RETIRED_RATCHET_KEYS:]
-    state = attrs.evolve(
+    state = _successor(
         session,
         root_key=root_key,
         sending=None,  # our ratchet secret is spent: the next send draws a new one
@@ -379,6 +393,7 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
         previous_send_count=sending.n,
         skipped=_store(session.skipped, additions, now_ms),
         retired_ratchet_pks=retired,
+        closed_by_us=session.closed_by_us,
         closed_by_peer=closes,
         last_used_at=now_ms,
     )
@@ -394,14 +409,61 @@ def prune(session: Session, now_ms: int) -> Session:
 # ── helpers ─────────────────────────────────────────────────────────────────────────────────────
 
 
+def _successor(
+    session: Session,
+    *,
+    root_key: bytes,
+    sending: SendingChain | None,
+    receiving: ReceivingChain | None,
+    previous_send_count: int,
+    skipped: tuple[SkippedKey, ...],
+    retired_ratchet_pks: tuple[bytes, ...],
+    closed_by_us: bool,
+    closed_by_peer: bool,
+    last_used_at: int,
+) -> Session:
+    """The session after one message: every field that may change is named at each call.
+
+    What ``attrs.evolve`` would build, without its per-call introspection (once per message sent
+    or received); the identity fields, session id, transcript hash and creation time carry over.
+    """
+    return Session(
+        session.own_pk,
+        session.peer_pk,
+        session.role,
+        session.session_id,
+        session.transcript_hash,
+        session.features,
+        root_key,
+        sending,
+        receiving,
+        previous_send_count,
+        skipped,
+        retired_ratchet_pks,
+        closed_by_us,
+        closed_by_peer,
+        session.created_at,
+        last_used_at,
+    )
+
+
 def _associated_data(session: Session, sender_pk: str, recipient_pk: str, header: bytes) -> bytes:
     """Fixed-length parts only, so the concatenation parses one way (spec §3.1, CONCAT)."""
+    return _associated_prefix(session.transcript_hash, sender_pk, recipient_pk) + header
+
+
+@functools.lru_cache(maxsize=256)
+def _associated_prefix(transcript_hash: bytes, sender_pk: str, recipient_pk: str) -> bytes:
+    """The part of the associated data that is the same on every message one way of a session.
+
+    Only public values are kept (the transcript hash and two public keys), and a key that does not
+    decode raises every time (``lru_cache`` keeps no exceptions).
+    """
     return (
         LABEL_MESSAGE_AD
-        + session.transcript_hash
+        + transcript_hash
         + b64u_strict(sender_pk, "sender pk", 32)
         + b64u_strict(recipient_pk, "recipient pk", 32)
-        + header
     )
 
 
@@ -420,7 +482,7 @@ def _skip(chain_key: bytes, start: int, until: int) -> tuple[bytes, list[tuple[i
 
 
 def _unexpired(skipped: tuple[SkippedKey, ...], now_ms: int) -> tuple[SkippedKey, ...]:
-    if all(now_ms - entry.added_at <= SKIPPED_KEY_TTL_MS for entry in skipped):
+    if not skipped or all(now_ms - entry.added_at <= SKIPPED_KEY_TTL_MS for entry in skipped):
         return skipped
     return tuple(entry for entry in skipped if now_ms - entry.added_at <= SKIPPED_KEY_TTL_MS)
 

@@ -31,6 +31,7 @@ Integers are big-endian. docs/protocol-v3.md is the full specification.
 
 import binascii
 import enum
+import functools
 import struct
 import uuid
 from typing import Final, Literal, TypeAlias
@@ -98,6 +99,7 @@ HANDSHAKE_INIT_BYTES: Final = (
 HANDSHAKE_RESPONSE_BYTES: Final = 2 + X25519_BYTES + RESPONSE_PAYLOAD_BYTES + AEAD_TAG_BYTES
 _MESSAGE_HEADER: Final = struct.Struct(f">BB{SESSION_ID_BYTES}s{X25519_BYTES}sII{AEAD_NONCE_BYTES}s")
 MESSAGE_HEADER_BYTES: Final = _MESSAGE_HEADER.size
+_MESSAGE_TYPES: Final = frozenset((FrameType.MESSAGE, FrameType.CLOSE))
 
 
 # ── base64url, strictly ─────────────────────────────────────────────────────────────────────────
@@ -187,6 +189,12 @@ class PublishFields:
     expires_at: int
 
 
+@functools.lru_cache(maxsize=256)
+def public_key_text(public_key: bytes) -> str:
+    """`b64u` of a public key, remembered: a line signs with, and addresses, the same few keys every time."""
+    return b64u(public_key)
+
+
 def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes, seq: int) -> RoutedFields:
     """The routed fields carrying ``inner`` from ``identity`` to ``to``."""
     if len(inner) > MAX_FRAME_BYTES:
@@ -194,7 +202,7 @@ def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes,
     nonce = b64u(frame_digest(inner))
     return RoutedFields(
         type=frame_type.outer_type,
-        from_pk=b64u(identity.ed25519_pk),
+        from_pk=public_key_text(identity.ed25519_pk),
         to=to,
         ciphertext=b64u(inner),
         nonce=nonce,
@@ -218,6 +226,27 @@ def open_routed(
     signature before it routes it to a session, to count forgeries): an Ed25519 verification is the
     costliest step of receiving, and once is enough. The signature must still be well-formed.
     """
+    frame_type, inner, _ = _open_routed(fields, sender_pk, recipient_pk, signature_verified)
+    return frame_type, inner
+
+
+def open_message(
+    fields: RoutedFields, sender_pk: str, recipient_pk: str, *, signature_verified: bool = False
+) -> tuple[FrameType, "MessageHeader", bytes]:
+    """`open_routed`, then `MessageHeader.parse` of the inner frame: (type, header, inner frame).
+
+    The same checks and errors, in the same order, as the two calls; the header is parsed once
+    (checking ``seq`` already needs it).
+    """
+    frame_type, inner, header = _open_routed(fields, sender_pk, recipient_pk, signature_verified)
+    if header is None:  # not a message frame, or too short to hold a header: parse says which
+        header = MessageHeader.parse(inner)
+    return frame_type, header, inner
+
+
+def _open_routed(
+    fields: RoutedFields, sender_pk: str, recipient_pk: str, signature_verified: bool
+) -> tuple[FrameType, bytes, "MessageHeader | None"]:
     if fields.from_pk != sender_pk:
         raise WrongPeerError("frame is not from the expected peer")
     if fields.to != recipient_pk:
@@ -230,14 +259,20 @@ def open_routed(
     frame_type = inner_type(inner)
     if frame_type.outer_type != fields.type:
         raise FrameTypeError(f"a {frame_type.name} frame cannot arrive as {fields.type}")
-    if b64u_strict(fields.nonce, "nonce") != frame_digest(inner):
+    # Equal to the canonical text of the digest, or else: the canonical spelling check first, as
+    # `b64u_strict` then a comparison of bytes would say (encoding 32 bytes beats decoding them).
+    if fields.nonce != b64u(frame_digest(inner)):
+        b64u_strict(fields.nonce, "nonce")
         raise MalformedFrameError("nonce is not the digest of the frame: the frame was altered")
-    if type(fields.seq) is not int or fields.seq != _expected_seq(frame_type, inner):
+    header = None
+    if frame_type in _MESSAGE_TYPES and len(inner) >= MESSAGE_HEADER_BYTES:
+        header = _parse_message_header(frame_type, inner)
+    if type(fields.seq) is not int or fields.seq != (0 if header is None else header.n):
         raise MalformedFrameError("seq does not match the frame")
     b64u_strict(fields.sig, "sig", SIGNATURE_BYTES)
     if not signature_verified and not verify_routed(fields.from_pk, fields.to, fields.seq, fields.nonce, fields.sig):
         raise WrongPeerError("routed signature does not verify with the sender's key")
-    return frame_type, inner
+    return frame_type, inner, header
 
 
 def inner_type(inner: bytes) -> FrameType:
@@ -250,12 +285,6 @@ def inner_type(inner: bytes) -> FrameType:
         return FrameType(inner[1])
     except ValueError:
         raise MalformedFrameError(f"unknown v3 frame type {inner[1]}") from None
-
-
-def _expected_seq(frame_type: FrameType, inner: bytes) -> int:
-    if frame_type in (FrameType.MESSAGE, FrameType.CLOSE) and len(inner) >= MESSAGE_HEADER_BYTES:
-        return MessageHeader.parse(inner).n
-    return 0
 
 
 # ── inner frames ────────────────────────────────────────────────────────────────────────────────
@@ -344,14 +373,25 @@ class MessageHeader:
     nonce: bytes
 
     def pack(self) -> bytes:
-        return _MESSAGE_HEADER.pack(VERSION, self.type, self.session_id, self.ratchet_pk, self.pn, self.n, self.nonce)
+        return pack_message_header(self.type, self.session_id, self.ratchet_pk, self.pn, self.n, self.nonce)
 
     @classmethod
     def parse(cls, inner: bytes) -> "MessageHeader":
-        frame_type = inner_type(inner)
-        if frame_type not in (FrameType.MESSAGE, FrameType.CLOSE):
-            raise FrameTypeError(f"a {frame_type.name} frame is not a message")
-        if len(inner) < MESSAGE_HEADER_BYTES + AEAD_TAG_BYTES:
-            raise MalformedFrameError(f"message frame too short: {len(inner)} bytes")
-        _, _, session_id, ratchet_pk, pn, n, nonce = _MESSAGE_HEADER.unpack_from(inner)
-        return cls(frame_type, session_id, ratchet_pk, pn, n, nonce)
+        return _parse_message_header(inner_type(inner), inner)
+
+
+def pack_message_header(
+    frame_type: FrameType, session_id: bytes, ratchet_pk: bytes, pn: int, n: int, nonce: bytes
+) -> bytes:
+    """`MessageHeader.pack` without building the object first (every sent message packs one)."""
+    return _MESSAGE_HEADER.pack(VERSION, frame_type, session_id, ratchet_pk, pn, n, nonce)
+
+
+def _parse_message_header(frame_type: FrameType, inner: bytes) -> MessageHeader:
+    """`MessageHeader.parse` for an inner frame whose version and type ``inner_type`` has read."""
+    if frame_type not in _MESSAGE_TYPES:
+        raise FrameTypeError(f"a {frame_type.name} frame is not a message")
+    if len(inner) < MESSAGE_HEADER_BYTES + AEAD_TAG_BYTES:
+        raise MalformedFrameError(f"message frame too short: {len(inner)} bytes")
+    _, _, session_id, ratchet_pk, pn, n, nonce = _MESSAGE_HEADER.unpack_from(inner)
+    return MessageHeader(frame_type, session_id, ratchet_pk, pn, n, nonce)
