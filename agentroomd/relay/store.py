@@ -142,6 +142,10 @@ class RelayStore:
         self._discard_wanted = trio.Event()
         self._inserts: list[_Insert] = []
         self._insert_wanted = trio.Event()
+        # Exact number of rows per recipient, for the queue cap without a COUNT(*) per queued frame: kept
+        # up to date by inserts, forgotten (recounted on next need) wherever rows are deleted or a
+        # transaction fails.
+        self._queued: dict[str, int] = {}
         self._commits = 0  # write transactions since the last checkpoint
         self._checkpoint_wanted = trio.Event()
         self.checkpoints = 0  # WAL checkpoints run by the background task so far
@@ -188,9 +192,14 @@ class RelayStore:
         try:
             result = body(conn)
         except BaseException:
+            self._queued.clear()
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            self._queued.clear()
+            raise
         self._commits += 1  # never concurrently: the limiter; the checkpointer is told on the event loop
         return result
 
@@ -252,7 +261,7 @@ class RelayStore:
                 batch, self._inserts = self._inserts, []
 
                 def body(conn: sqlite3.Connection, batch: list[_Insert] = batch) -> list[int | None]:
-                    return [_insert_pending(conn, r.to_pk, r.row_id, r.envelope, r.now_s, r.cap) for r in batch]
+                    return [self._insert_capped(conn, r.to_pk, r.row_id, r.envelope, r.now_s, r.cap) for r in batch]
 
                 try:
                     results = await self._run_inline("enqueue", self._tx, body)
@@ -271,6 +280,19 @@ class RelayStore:
                 if not request.done.is_set():
                     request.error = StoreError("enqueue: store is closing")
                     request.done.set()
+
+    def _insert_capped(
+        self, conn: sqlite3.Connection, to_pk: str, row_id: str, envelope: str, now_s: int, cap: int | None
+    ) -> int | None:
+        """`_insert_pending` with the cap checked against the kept count (counted once, then kept)."""
+        queued = self._queued.get(to_pk)
+        if queued is None:
+            queued = self._queued[to_pk] = _count_pending(conn, to_pk)
+        if cap is not None and queued >= cap:
+            return None
+        ord_ = _insert_pending(conn, to_pk, row_id, envelope, now_s, None)
+        self._queued[to_pk] = queued + 1
+        return ord_
 
     async def fetch_pending(self, to_pk: str, after_ord: int, limit: int, not_before_s: int) -> list[PendingRow]:
         """Up to ``limit`` rows for ``to_pk`` after ``after_ord``, oldest first, younger than the TTL."""
@@ -312,6 +334,8 @@ class RelayStore:
                 conn.executemany(
                     "DELETE FROM pending_messages WHERE id = ? AND to_pk = ?", [(i, pk) for pk, i in batch]
                 )
+                for pk, _row in batch:
+                    self._queued.pop(pk, None)
 
             await self._run_inline("delete_pending", self._tx, body)
             self._discards.difference_update(batch)
@@ -406,6 +430,7 @@ class RelayStore:
             if updated != 1:
                 return "already_claimed", None
             ord_ = _insert_pending(conn, inviter_pk, row_id, envelope, now_ms // 1000, None)
+            self._queued.pop(inviter_pk, None)
             return "claimed", ord_
 
         return await self._run_inline("claim_invite", self._tx, body)
@@ -441,6 +466,7 @@ class RelayStore:
                 (now_s - CLAIMED_INVITE_RETENTION_S,),
             ).rowcount
             agents = conn.execute("DELETE FROM agents WHERE last_seen < ?", (now_s - AGENT_RETENTION_S,)).rowcount
+            self._queued.clear()
             return PruneResult(invites, pending, claimed, agents)
 
         return await self._run("prune", self._tx, body)

@@ -175,3 +175,31 @@ async def test_the_wal_is_checkpointed_in_the_background_and_stays_bounded(tmp_p
             sizes.append(Path(f"{db}-wal").stat().st_size)
         assert sizes[2] <= sizes[0] * 1.5, sizes  # without checkpoints it would be about 3x
         assert (await store.counts()).pending == 3 * CHECKPOINT_EVERY_COMMITS
+
+
+async def test_the_queue_cap_stays_exact_across_deletions_prunes_and_claims(tmp_path: Path) -> None:
+    # The store keeps each recipient's row count instead of counting per queued frame; every way rows
+    # come and go must keep the cap exact.
+    async with open_store(str(tmp_path / "relay.db")) as store:
+        for i in range(3):
+            assert await store.enqueue("pk", f"a{i}", "{}", 1, cap=3) is not None
+        assert await store.enqueue("pk", "a3", "{}", 1, cap=3) is None  # full
+        store.discard([("pk", "a0")])
+        await store.flush_discards()
+        assert await store.enqueue("pk", "a4", "{}", 1, cap=3) is not None  # room for exactly one
+        assert await store.enqueue("pk", "a5", "{}", 1, cap=3) is None
+        day_s = 86_400
+        pruned = await store.prune(now_ms=(1 + 8 * day_s) * 1000, pending_ttl_s=7 * day_s)  # every row is 8 days old
+        assert pruned.pending == 3
+        for i in range(3):
+            assert await store.enqueue("pk", f"b{i}", "{}", 8 * day_s, cap=3) is not None
+        assert await store.enqueue("pk", "b3", "{}", 8 * day_s, cap=3) is None
+
+        now = 8 * day_s * 1000
+        assert await store.publish_invite(new_id(), "blob", "inviter", now + 60_000, now, quota=5) == "ok"
+        invite = new_id()
+        assert await store.publish_invite(invite, "blob", "inviter", now + 60_000, now, quota=5) == "ok"
+        assert await store.enqueue("inviter", "c0", "{}", 8 * day_s, cap=2) is not None
+        assert (await store.claim_invite(invite, now, "c1", "{}", cap=2))[0] == "claimed"
+        assert await store.enqueue("inviter", "c2", "{}", 8 * day_s, cap=2) is None  # the claim's row counts
+        assert (await store.counts()).pending == 5
