@@ -4,8 +4,9 @@ hypercorn 0.18's `TCPServer.protocol_send` writes every frame under a `trio.Lock
 `SocketStream.send_all`. On the happy path (the socket's buffer has room, as it has for nearly every
 frame a relay writes) that costs two trips through trio's scheduler per frame, one for the lock and
 one after the `send` system call, and the relay writes two frames per message it routes (ACK and
-DELIVERY). Measured on the relay (bench/relay.py, bench/throughput.py): about a fifth of its CPU
-per routed message.
+DELIVERY). Measured (bench/throughput.py, 10 pairs, A/B in one run): the relay's CPU per routed
+message went from 193 to 132 us with this class; a bare forwarder that also acks its sender (the
+relay's frame pattern, none of its logic) from 106-118 to 67-71 us (two runs).
 
 `FastWriteTCPServer` keeps hypercorn's code for everything (HTTP, the WebSocket protocol, closing)
 and changes only how the bytes of a write reach the socket:
