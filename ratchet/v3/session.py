@@ -495,6 +495,8 @@ def _store(
     No chain position can be stored twice: keys are only ever derived for positions at or after the
     receiving chain's next number, and that number only grows.
     """
+    if len(skipped) <= MAX_SKIPPED_KEYS and not any(keys for _, keys in additions):  # the usual case: no copies
+        return _unexpired(skipped, now_ms)
     kept = list(_unexpired(skipped, now_ms))
     for ratchet_pk, keys in additions:
         kept.extend(SkippedKey(ratchet_pk, n, key, now_ms) for n, key in keys)

@@ -40,7 +40,7 @@ import attrs
 
 from ratchet.frames import MAX_CIPHERTEXT
 from ratchet.keys import KeyPair
-from ratchet.signatures import sign_routed, verify_routed
+from ratchet.signatures import routed_sig_input, verify_routed
 from ratchet.v3.errors import FrameTypeError, MalformedFrameError, UnsupportedVersionError, WrongPeerError
 from ratchet.v3.primitives import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, frame_digest
 
@@ -100,6 +100,8 @@ HANDSHAKE_RESPONSE_BYTES: Final = 2 + X25519_BYTES + RESPONSE_PAYLOAD_BYTES + AE
 _MESSAGE_HEADER: Final = struct.Struct(f">BB{SESSION_ID_BYTES}s{X25519_BYTES}sII{AEAD_NONCE_BYTES}s")
 MESSAGE_HEADER_BYTES: Final = _MESSAGE_HEADER.size
 _MESSAGE_TYPES: Final = frozenset((FrameType.MESSAGE, FrameType.CLOSE))
+_FRAME_TYPES: Final = {int(frame_type): frame_type for frame_type in FrameType}
+"""Type byte to `FrameType`: a dictionary lookup costs a fraction of the enum's own constructor."""
 
 
 # ── base64url, strictly ─────────────────────────────────────────────────────────────────────────
@@ -111,7 +113,8 @@ _UNUSED_BITS: Final = (0, 0, 0x0F, 0x03)
 """By length mod 4: the low bits of the last character that encode no byte, and must be zero."""
 _PADDING: Final = (b"", b"", b"==", b"=")
 _TO_URL: Final = bytes.maketrans(b"+/", b"-_")
-_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+_TO_STANDARD: Final = bytes.maketrans(b"-_+/=", b"+/***")
+"""base64url to the standard alphabet; the standard alphabet's own characters and padding to a foreign one."""
 
 
 def b64u(data: bytes) -> str:
@@ -132,9 +135,7 @@ def b64u_strict(text: object, what: str, length: int | None = None) -> bytes:
     if not isinstance(text, str) or not text.isascii() or len(text) % 4 == 1:
         raise MalformedFrameError(f"{what}: not canonical base64url")
     data = text.encode("ascii")
-    if b"+" in data or b"/" in data or b"=" in data:  # the standard alphabet's own characters, padding
-        raise MalformedFrameError(f"{what}: not canonical base64url")
-    try:  # strict mode refuses every character outside the (translated) alphabet
+    try:  # strict mode refuses every character outside the alphabet, "+", "/" and "=" turned into "*"
         raw = binascii.a2b_base64(data.translate(_TO_STANDARD) + _PADDING[len(data) % 4], strict_mode=True)
     except binascii.Error as exc:
         raise MalformedFrameError(f"{what}: not canonical base64url") from exc
@@ -200,13 +201,14 @@ def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes,
     if len(inner) > MAX_FRAME_BYTES:
         raise MalformedFrameError(f"frame of {len(inner)} bytes exceeds the relay bound of {MAX_FRAME_BYTES}")
     nonce = b64u(frame_digest(inner))
+    from_pk = public_key_text(identity.ed25519_pk)
     return RoutedFields(
         type=frame_type.outer_type,
-        from_pk=public_key_text(identity.ed25519_pk),
+        from_pk=from_pk,
         to=to,
         ciphertext=b64u(inner),
         nonce=nonce,
-        sig=sign_routed(identity, to, seq, nonce),
+        sig=b64u(identity.sign(routed_sig_input(from_pk, to, seq, nonce))),  # what `sign_routed` writes
         seq=seq,
     )
 
@@ -281,10 +283,10 @@ def inner_type(inner: bytes) -> FrameType:
         raise MalformedFrameError(f"frame too short: {len(inner)} bytes")
     if inner[0] != VERSION:
         raise UnsupportedVersionError(f"protocol version {inner[0]} is not {VERSION}")
-    try:
-        return FrameType(inner[1])
-    except ValueError:
-        raise MalformedFrameError(f"unknown v3 frame type {inner[1]}") from None
+    frame_type = _FRAME_TYPES.get(inner[1])
+    if frame_type is None:
+        raise MalformedFrameError(f"unknown v3 frame type {inner[1]}")
+    return frame_type
 
 
 # ── inner frames ────────────────────────────────────────────────────────────────────────────────
