@@ -38,9 +38,11 @@ from typing import Final, Literal, TypeAlias
 
 import attrs
 
+from ratchet.encoding import b64u_decode
+from ratchet.errors import EncodingError
 from ratchet.frames import MAX_CIPHERTEXT
-from ratchet.keys import KeyPair
-from ratchet.signatures import routed_sig_input, verify_routed
+from ratchet.keys import KeyPair, verify
+from ratchet.signatures import routed_sig_input
 from ratchet.v3.errors import FrameTypeError, MalformedFrameError, UnsupportedVersionError, WrongPeerError
 from ratchet.v3.primitives import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, frame_digest
 
@@ -102,6 +104,8 @@ MESSAGE_HEADER_BYTES: Final = _MESSAGE_HEADER.size
 _MESSAGE_TYPES: Final = frozenset((FrameType.MESSAGE, FrameType.CLOSE))
 _FRAME_TYPES: Final = {int(frame_type): frame_type for frame_type in FrameType}
 """Type byte to `FrameType`: a dictionary lookup costs a fraction of the enum's own constructor."""
+_OUTER_TYPES: Final = {frame_type: frame_type.outer_type for frame_type in FrameType}
+"""`FrameType.outer_type` looked up, not recomputed, on every frame sent and received."""
 
 
 # ── base64url, strictly ─────────────────────────────────────────────────────────────────────────
@@ -202,15 +206,8 @@ def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes,
         raise MalformedFrameError(f"frame of {len(inner)} bytes exceeds the relay bound of {MAX_FRAME_BYTES}")
     nonce = b64u(frame_digest(inner))
     from_pk = public_key_text(identity.ed25519_pk)
-    return RoutedFields(
-        type=frame_type.outer_type,
-        from_pk=from_pk,
-        to=to,
-        ciphertext=b64u(inner),
-        nonce=nonce,
-        sig=b64u(identity.sign(routed_sig_input(from_pk, to, seq, nonce))),  # what `sign_routed` writes
-        seq=seq,
-    )
+    signature = identity.sign(routed_sig_input(from_pk, to, seq, nonce))  # what `sign_routed` signs
+    return RoutedFields(_OUTER_TYPES[frame_type], from_pk, to, b64u(inner), nonce, b64u(signature), seq)
 
 
 def open_routed(
@@ -259,7 +256,7 @@ def _open_routed(
         raise MalformedFrameError("ciphertext exceeds the relay bound")
     inner = b64u_strict(fields.ciphertext, "ciphertext")
     frame_type = inner_type(inner)
-    if frame_type.outer_type != fields.type:
+    if _OUTER_TYPES[frame_type] != fields.type:
         raise FrameTypeError(f"a {frame_type.name} frame cannot arrive as {fields.type}")
     # Equal to the canonical text of the digest, or else: the canonical spelling check first, as
     # `b64u_strict` then a comparison of bytes would say (encoding 32 bytes beats decoding them).
@@ -271,10 +268,29 @@ def _open_routed(
         header = _parse_message_header(frame_type, inner)
     if type(fields.seq) is not int or fields.seq != (0 if header is None else header.n):
         raise MalformedFrameError("seq does not match the frame")
-    b64u_strict(fields.sig, "sig", SIGNATURE_BYTES)
-    if not signature_verified and not verify_routed(fields.from_pk, fields.to, fields.seq, fields.nonce, fields.sig):
+    signature = b64u_strict(fields.sig, "sig", SIGNATURE_BYTES)
+    if not signature_verified and not _routed_signature_valid(fields, signature):
         raise WrongPeerError("routed signature does not verify with the sender's key")
     return frame_type, inner, header
+
+
+def _routed_signature_valid(fields: RoutedFields, signature: bytes) -> bool:
+    """`ratchet.signatures.verify_routed` of the fields, given the signature's bytes (decoded already).
+
+    The same steps: the sender's key decoded leniently (a key that does not decode is a signature
+    that does not verify), the signed bytes from `routed_sig_input`, one Ed25519 verification.
+    """
+    if not isinstance(fields.from_pk, str):
+        return False
+    try:
+        public_key = _public_key_bytes(fields.from_pk)
+    except EncodingError:
+        return False
+    return verify(public_key, routed_sig_input(fields.from_pk, fields.to, fields.seq, fields.nonce), signature)
+
+
+_public_key_bytes: Final = functools.lru_cache(maxsize=256)(b64u_decode)
+"""Lenient decoding of a sender's key, remembered (a line hears from one key)."""
 
 
 def inner_type(inner: bytes) -> FrameType:
