@@ -12,12 +12,13 @@ trio), with the same load generator in a third process:
 
 Each sender keeps up to `--window` messages in flight (it waits for its receiver to see one before
 sending the next beyond the window). Two load levels: a moderate one, and a saturating one (twice
-the pairs, four times the window) at which each server process is CPU-bound. We print routed
+the pairs, four times the window) at which each server process is CPU-bound. The servers run side
+by side and take turns at each load, `--rounds` times; the best round of each counts. We print routed
 messages per second, p50/p99 latency from send to receipt, server CPU time per message, and the
 ratios relay/bare (target >= 0.5). Then we open 500 authenticated idle connections to a fresh relay
 and report its resident memory per connection (target < 64 KiB).
 
-    .venv/bin/python -m bench.relay [--pairs 8] [--messages 1500] [--size 256] [--window 8]
+    .venv/bin/python -m bench.relay [--pairs 8] [--messages 1500] [--size 256] [--window 8] [--rounds 2]
 
 Exit status 1 when a target is missed.
 """
@@ -35,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -382,13 +383,26 @@ async def run(args: argparse.Namespace) -> int:
     ]
     results: dict[tuple[str, str], LoadResult] = {}
     with tempfile.TemporaryDirectory(prefix="ar-bench-") as tmp:
-        for kind in ("bare", "relay", "relay-acks"):
-            workdir = Path(tmp) / kind
-            workdir.mkdir()
-            async with server_process("bare" if kind == "bare" else "relay", workdir) as server:
-                for level in levels[:1] if kind == "relay-acks" else levels:
-                    protocol = "bare" if kind == "bare" else "relay"
-                    results[kind, level.name] = await _measure(server, protocol, level, args, kind == "relay-acks")
+        # All servers up at once; at each load they take turns, ``--rounds`` times, and the best round of
+        # each counts: the two sides of a ratio share the machine's noise of the moment (as in bench.throughput).
+        async with AsyncExitStack() as stack:
+            servers = {}
+            for kind in ("bare", "relay", "relay-acks"):
+                workdir = Path(tmp) / kind
+                workdir.mkdir()
+                servers[kind] = await stack.enter_async_context(
+                    server_process("bare" if kind == "bare" else "relay", workdir)
+                )
+            for _ in range(args.rounds):
+                for level in levels:
+                    for kind, server in servers.items():
+                        if kind == "relay-acks" and level is not levels[0]:
+                            continue
+                        protocol = "bare" if kind == "bare" else "relay"
+                        load = await _measure(server, protocol, level, args, kind == "relay-acks")
+                        best = results.get((kind, level.name))
+                        if best is None or load.rate > best.rate:
+                            results[kind, level.name] = load
         workdir = Path(tmp) / "idle"
         workdir.mkdir()
         async with server_process("relay", workdir) as server:
@@ -423,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1500, help="messages per pair")
     parser.add_argument("--size", type=int, default=256, help="ciphertext characters per message")
     parser.add_argument("--window", type=int, default=8, help="messages in flight per pair, moderate (x4 saturating)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per server and load; the best counts (default 2)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
