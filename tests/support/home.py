@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from agentroomd.orphans import CHILD_RECORD_FILE
 from support.ctl import ctl, require_success
 from support.env import isolated_env, short_dir
 from support.processes import DaemonProcess
@@ -87,14 +88,19 @@ class Home:
         return [json.loads(line) for line in result.stdout.splitlines()]
 
     def close(self) -> None:
+        """Kill the daemon, or stop it gracefully while it runs tunnels (they would outlive a SIGKILL)."""
         if self.daemon is not None:
-            self.daemon.close()
+            self.daemon.close(graceful=self.runs_tunnels())
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def runs_tunnels(self) -> bool:
+        """Whether a room's tunnel is running (each one is recorded beside its room until it is reaped)."""
+        return any(self.path.glob(f"rooms/*/{CHILD_RECORD_FILE}"))
 
 
 @contextlib.contextmanager
 def homes(*configs: str, **env: str) -> Iterator[list[Home]]:
-    """One `Home` per config (sharing ``env``), all closed (daemons stopped, directories removed) afterwards."""
+    """One `Home` per config (sharing ``env``), all closed (daemons ended, directories removed) afterwards."""
     made = [Home(config, **env) for config in configs]
     try:
         yield made

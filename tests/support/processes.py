@@ -154,17 +154,20 @@ class DaemonProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [event for event in self.log_events() if event.get("event") == name]
 
-    def close(self) -> None:
-        """Teardown: stop the daemon as a service manager would (SIGTERM), so its tunnels and handlers end
-        with it; SIGKILL only when it has not exited within ``STOP_TIMEOUT_S``. (A SIGKILL here used to
-        leave every tunnel it ran behind, since they run in sessions of their own.)"""
+    def close(self, *, graceful: bool = False) -> None:
+        """Teardown: kill whatever is still running and reap it.
+
+        ``graceful`` stops it as a service manager would first (SIGTERM, then SIGKILL only if it has not
+        exited within ``STOP_TIMEOUT_S``): a daemon running tunnels must end them, since they live in
+        sessions of their own and a SIGKILL leaves them running. (It costs about a second per daemon.)
+        """
         self._close_ready_fd()
-        if self.process.poll() is None:
+        if self.process.poll() is None and graceful:
             self.process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process.poll() is None:
+            self.process.kill()
         self.process.wait(timeout=10)
 
 
