@@ -4,6 +4,8 @@ Layout under the daemon's state directory::
 
     rooms/<room_id>/room.json     a room: settings, relay port, invite, guest, conversation progress
     rooms/<room_id>/relay.db      the room relay's queue and its HMAC secret file (owned by agentroomd.relay)
+    rooms/<room_id>/tunnel-child.json  the running tunnel child (pid, start time, ...), removed once it is
+                                  reaped; a restart ends the one a killed daemon left (agentroomd.orphans)
     rooms/closed-relays.json      relay URLs of stopped rooms: our sessions stop reconnecting to them
     handlers/<peer pk>.json       a handler attached to one peer (`agentroomctl invite accept --on-message`)
 
