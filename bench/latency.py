@@ -7,8 +7,9 @@ message is read, so the number is what an agent waiting for its peer's turn sees
 sign, SQLite commit, the relay's routing, B's verify, decrypt, SQLite commit, the subscription).
 
 The ceiling, measured in the same run and interleaved block by block with ours so machine noise
-hits both alike: the same payload through a bare WebSocket echo on the same stack (hypercorn +
-trio-websocket; bench.relay's bare forwarder with the client as its own peer). Target: p50 at most 3x.
+hits both alike: the same payload through a bare WebSocket echo on the same stack (the relay's
+hypercorn transport + trio-websocket; bench.relay's bare forwarder with the client as its own peer).
+Target: p50 at most 3x.
 
 Two more rows, measured in the same blocks, say where a turn's floor lies beyond that echo: a control
 socket round trip (``identity.show`` on A: a turn crosses a control socket twice, into A and out of
