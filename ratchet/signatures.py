@@ -25,6 +25,7 @@ from ratchet.keys import KeyPair, verify
 __all__ = [
     "hello_sig_input",
     "routed_sig_input",
+    "routed_sig_input_b64u",
     "sign_hello",
     "sign_routed",
     "verify_b64u",
@@ -54,6 +55,24 @@ def routed_sig_input(from_pk: str, to_pk: str, seq: int, nonce: str) -> bytes:
 def _routed_prefix(from_pk: str, to_pk: str) -> str:
     """``{"from":<from>,"to":<to>,"seq":`` for a pair of exact strings: the same on every message of a line."""
     return f'{{"from":{js_string(from_pk)},"to":{js_string(to_pk)},"seq":'
+
+
+def routed_sig_input_b64u(from_pk: str, to_pk: str, seq: int, nonce: bytes) -> bytes:
+    """`routed_sig_input` with ``nonce`` as the ASCII bytes of base64url text, such as v3's frame digest.
+
+    The caller guarantees that ``nonce`` holds only base64url characters (v3 writes the nonce itself,
+    or has just compared it with what it writes): JSON escapes none of them, so the nonce is quoted as
+    is and the bytes are put together without a text round trip. Exact strings and an exact integer
+    seq of at most 2**53 take that way; anything else the general one, with the same result.
+    """
+    if type(seq) is int and -_MAX_EXACT_INT <= seq <= _MAX_EXACT_INT and type(from_pk) is str and type(to_pk) is str:
+        return b'%b%d,"nonce":"%b"}' % (_routed_prefix_bytes(from_pk, to_pk), seq, nonce)
+    return routed_sig_input(from_pk, to_pk, seq, nonce.decode("ascii"))
+
+
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _routed_prefix_bytes(from_pk: str, to_pk: str) -> bytes:
+    return _routed_prefix(from_pk, to_pk).encode()
 
 
 def _reference_routed_sig_input(from_pk: str, to_pk: str, seq: int, nonce: str) -> bytes:

@@ -112,4 +112,10 @@ def frame_digest(frame: bytes) -> bytes:
     The v2 routed signature covers ``{from, to, seq, nonce}``; with this nonce it covers every byte of
     the frame too, and a receiver that recomputes it rejects any change to ``ciphertext`` up front.
     """
-    return hashlib.blake2b(LABEL_FRAME_DIGEST + frame, digest_size=FRAME_DIGEST_BYTES).digest()
+    digest = _FRAME_DIGEST_START.copy()  # the label already absorbed: no copy of the frame, no setup
+    digest.update(frame)
+    return digest.digest()
+
+
+_FRAME_DIGEST_START: Final = hashlib.blake2b(LABEL_FRAME_DIGEST, digest_size=FRAME_DIGEST_BYTES)
+"""BLAKE2b-256 after the label, copied for each frame (a copy is never updated in place here)."""

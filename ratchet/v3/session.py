@@ -251,7 +251,7 @@ def _seal(
 ) -> Sealed:
     if public_key_text(identity.ed25519_pk) != session.own_pk:
         raise ValueError("identity does not match the session's own key")
-    if session.closed:
+    if session.closed_by_us or session.closed_by_peer:
         raise SessionClosedError("the session is closed; start a new one with a new invite")
     if len(plaintext) > MAX_PLAINTEXT:
         raise MessageTooLargeError(f"{len(plaintext)} bytes exceed the {MAX_PLAINTEXT}-byte frame limit")
@@ -271,7 +271,7 @@ def _seal(
         frame_type, session.session_id, sending.ratchet.public, session.previous_send_count, sending.n, nonce
     )
     associated = _associated_data(session, session.own_pk, session.peer_pk, header)
-    box = aead_seal(message_key, header[-AEAD_NONCE_BYTES:], associated, plaintext)
+    box = aead_seal(message_key, nonce, associated, plaintext)
     frame = seal_routed(identity, frame_type, session.peer_pk, header + box, sending.n)
     state = _successor(
         session,
@@ -305,24 +305,14 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
         raise SessionMismatchError("the frame belongs to another session with this peer")
     header_bytes, box = inner[:MESSAGE_HEADER_BYTES], inner[MESSAGE_HEADER_BYTES:]
     associated = _associated_data(session, session.peer_pk, session.own_pk, header_bytes)
-
-    def open_with(key: bytes) -> bytes:
-        plaintext = aead_open(key, header.nonce, associated, box)
-        if plaintext is None:
-            raise AuthenticationError("the frame does not authenticate (forged, tampered with, or other keys)")
-        return plaintext
-
-    def received(plaintext: bytes) -> Received:
-        kind: MessageKind = "close" if frame_type is FrameType.CLOSE else "message"
-        return Received(kind, plaintext, frame.nonce, header.n)
-
     closes = frame_type is FrameType.CLOSE
+    kind: MessageKind = "close" if closes else "message"
 
     for index, entry in enumerate(session.skipped):
         if entry.n == header.n and entry.ratchet_pk == header.ratchet_pk:
             if now_ms - entry.added_at > SKIPPED_KEY_TTL_MS:
                 raise SkippedKeyExpiredError(f"the key kept for late message {header.n} expired")
-            plaintext = open_with(entry.key)
+            plaintext = _open(entry.key, header.nonce, associated, box)
             remaining = session.skipped[:index] + session.skipped[index + 1 :]
             state = _successor(
                 session,
@@ -336,7 +326,7 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
                 closed_by_peer=session.closed_by_peer or closes,
                 last_used_at=now_ms,
             )
-            return Opened(state, received(plaintext))
+            return Opened(state, Received(kind, plaintext, frame.nonce, header.n))
 
     if session.closed_by_peer:
         raise SessionClosedError("the peer closed this session; only messages sent before its close are accepted")
@@ -345,23 +335,29 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
     if receiving is not None and header.ratchet_pk == receiving.ratchet_pk:
         if header.n < receiving.n:
             raise DuplicateMessageError(f"message {header.n} was already received on this chain")
-        _check_gap(header.n - receiving.n, "message number")
-        chain_key, skipped_here = _skip(receiving.chain_key, receiving.n, header.n)
+        chain_key = receiving.chain_key
+        skipped_here: list[tuple[int, bytes]] = []
+        if header.n > receiving.n:  # messages skipped (in order, none: no gap to check, no key to keep)
+            _check_gap(header.n - receiving.n, "message number")
+            chain_key, skipped_here = _skip(chain_key, receiving.n, header.n)
         next_chain, message_key = kdf_ck(chain_key)
-        plaintext = open_with(message_key)
+        plaintext = _open(message_key, header.nonce, associated, box)
+        skipped = session.skipped
+        if skipped or skipped_here:  # else `_store` would return the empty tuple as it is
+            skipped = _store(skipped, [(receiving.ratchet_pk, skipped_here)], now_ms)
         state = _successor(
             session,
             root_key=session.root_key,
             sending=session.sending,
             receiving=ReceivingChain(receiving.ratchet_pk, next_chain, header.n + 1),
             previous_send_count=session.previous_send_count,
-            skipped=_store(session.skipped, [(receiving.ratchet_pk, skipped_here)], now_ms),
+            skipped=skipped,
             retired_ratchet_pks=session.retired_ratchet_pks,
             closed_by_us=session.closed_by_us,
             closed_by_peer=closes,
             last_used_at=now_ms,
         )
-        return Opened(state, received(plaintext))
+        return Opened(state, Received(kind, plaintext, frame.nonce, header.n))
 
     if header.ratchet_pk in session.retired_ratchet_pks:
         raise StaleChainError(f"message {header.n} of an earlier chain: already received, expired or evicted")
@@ -380,7 +376,7 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
     root_key, chain_key = kdf_rk(session.root_key, dh_output)
     chain_key, skipped_here = _skip(chain_key, 0, header.n)
     next_chain, message_key = kdf_ck(chain_key)
-    plaintext = open_with(message_key)
+    plaintext = _open(message_key, header.nonce, associated, box)
     additions.append((header.ratchet_pk, skipped_here))
     retired = session.retired_ratchet_pks
     if receiving is not None:
@@ -397,7 +393,7 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
         closed_by_peer=closes,
         last_used_at=now_ms,
     )
-    return Opened(state, received(plaintext))
+    return Opened(state, Received(kind, plaintext, frame.nonce, header.n))
 
 
 def prune(session: Session, now_ms: int) -> Session:
@@ -445,6 +441,13 @@ def _successor(
         session.created_at,
         last_used_at,
     )
+
+
+def _open(key: bytes, nonce: bytes, associated: bytes, box: bytes) -> bytes:
+    plaintext = aead_open(key, nonce, associated, box)
+    if plaintext is None:
+        raise AuthenticationError("the frame does not authenticate (forged, tampered with, or other keys)")
+    return plaintext
 
 
 def _associated_data(session: Session, sender_pk: str, recipient_pk: str, header: bytes) -> bytes:

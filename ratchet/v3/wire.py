@@ -42,7 +42,7 @@ from ratchet.encoding import b64u_decode
 from ratchet.errors import EncodingError
 from ratchet.frames import MAX_CIPHERTEXT
 from ratchet.keys import KeyPair, verify
-from ratchet.signatures import routed_sig_input
+from ratchet.signatures import routed_sig_input_b64u
 from ratchet.v3.errors import FrameTypeError, MalformedFrameError, UnsupportedVersionError, WrongPeerError
 from ratchet.v3.primitives import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, frame_digest
 
@@ -116,14 +116,17 @@ _VALUE: Final = bytes(_ALPHABET.find(bytes([c])) % 64 for c in range(256))
 _UNUSED_BITS: Final = (0, 0, 0x0F, 0x03)
 """By length mod 4: the low bits of the last character that encode no byte, and must be zero."""
 _PADDING: Final = (b"", b"", b"==", b"=")
-_TO_URL: Final = bytes.maketrans(b"+/", b"-_")
-_TO_STANDARD: Final = bytes.maketrans(b"-_+/=", b"+/***")
-"""base64url to the standard alphabet; the standard alphabet's own characters and padding to a foreign one."""
 
 
 def b64u(data: bytes) -> str:
     """base64url without padding, as every v3 field is written."""
-    return binascii.b2a_base64(data, newline=False).translate(_TO_URL).rstrip(b"=").decode("ascii")
+    return _b64u_ascii(data).decode("ascii")
+
+
+def _b64u_ascii(data: bytes) -> bytes:
+    """`b64u` as ASCII bytes. Two ``replace`` (each a fast search, then copies) beat one ``translate``
+    (a table lookup per byte) on the ciphertext of every frame sent."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").replace(b"+", b"-").replace(b"/", b"_")
 
 
 def b64u_strict(text: object, what: str, length: int | None = None) -> bytes:
@@ -138,9 +141,12 @@ def b64u_strict(text: object, what: str, length: int | None = None) -> bytes:
     """
     if not isinstance(text, str) or not text.isascii() or len(text) % 4 == 1:
         raise MalformedFrameError(f"{what}: not canonical base64url")
+    if "+" in text or "/" in text or "=" in text:  # the standard alphabet's own characters, and padding
+        raise MalformedFrameError(f"{what}: not canonical base64url")
     data = text.encode("ascii")
-    try:  # strict mode refuses every character outside the alphabet, "+", "/" and "=" turned into "*"
-        raw = binascii.a2b_base64(data.translate(_TO_STANDARD) + _PADDING[len(data) % 4], strict_mode=True)
+    standard = data.replace(b"-", b"+").replace(b"_", b"/")  # two searches beat a per-byte table here
+    try:  # strict mode refuses every other character outside the alphabet
+        raw = binascii.a2b_base64(standard + _PADDING[len(data) % 4], strict_mode=True)
     except binascii.Error as exc:
         raise MalformedFrameError(f"{what}: not canonical base64url") from exc
     if data and _VALUE[data[-1]] & _UNUSED_BITS[len(data) % 4]:
@@ -204,10 +210,12 @@ def seal_routed(identity: KeyPair, frame_type: FrameType, to: str, inner: bytes,
     """The routed fields carrying ``inner`` from ``identity`` to ``to``."""
     if len(inner) > MAX_FRAME_BYTES:
         raise MalformedFrameError(f"frame of {len(inner)} bytes exceeds the relay bound of {MAX_FRAME_BYTES}")
-    nonce = b64u(frame_digest(inner))
+    nonce = _b64u_ascii(frame_digest(inner))
     from_pk = public_key_text(identity.ed25519_pk)
-    signature = identity.sign(routed_sig_input(from_pk, to, seq, nonce))  # what `sign_routed` signs
-    return RoutedFields(_OUTER_TYPES[frame_type], from_pk, to, b64u(inner), nonce, b64u(signature), seq)
+    signature = identity.sign(routed_sig_input_b64u(from_pk, to, seq, nonce))  # what `sign_routed` signs
+    return RoutedFields(
+        _OUTER_TYPES[frame_type], from_pk, to, b64u(inner), nonce.decode("ascii"), b64u(signature), seq
+    )
 
 
 def open_routed(
@@ -260,7 +268,8 @@ def _open_routed(
         raise FrameTypeError(f"a {frame_type.name} frame cannot arrive as {fields.type}")
     # Equal to the canonical text of the digest, or else: the canonical spelling check first, as
     # `b64u_strict` then a comparison of bytes would say (encoding 32 bytes beats decoding them).
-    if fields.nonce != b64u(frame_digest(inner)):
+    nonce = _b64u_ascii(frame_digest(inner))
+    if fields.nonce != nonce.decode("ascii"):
         b64u_strict(fields.nonce, "nonce")
         raise MalformedFrameError("nonce is not the digest of the frame: the frame was altered")
     header = None
@@ -269,16 +278,17 @@ def _open_routed(
     if type(fields.seq) is not int or fields.seq != (0 if header is None else header.n):
         raise MalformedFrameError("seq does not match the frame")
     signature = b64u_strict(fields.sig, "sig", SIGNATURE_BYTES)
-    if not signature_verified and not _routed_signature_valid(fields, signature):
+    if not signature_verified and not _routed_signature_valid(fields, nonce, signature):
         raise WrongPeerError("routed signature does not verify with the sender's key")
     return frame_type, inner, header
 
 
-def _routed_signature_valid(fields: RoutedFields, signature: bytes) -> bool:
-    """`ratchet.signatures.verify_routed` of the fields, given the signature's bytes (decoded already).
+def _routed_signature_valid(fields: RoutedFields, nonce: bytes, signature: bytes) -> bool:
+    """`ratchet.signatures.verify_routed` of the fields, given the signature's bytes (decoded already)
+    and ``fields.nonce`` as the ASCII bytes it was found equal to.
 
     The same steps: the sender's key decoded leniently (a key that does not decode is a signature
-    that does not verify), the signed bytes from `routed_sig_input`, one Ed25519 verification.
+    that does not verify), the signed bytes of `routed_sig_input`, one Ed25519 verification.
     """
     if not isinstance(fields.from_pk, str):
         return False
@@ -286,7 +296,7 @@ def _routed_signature_valid(fields: RoutedFields, signature: bytes) -> bool:
         public_key = _public_key_bytes(fields.from_pk)
     except EncodingError:
         return False
-    return verify(public_key, routed_sig_input(fields.from_pk, fields.to, fields.seq, fields.nonce), signature)
+    return verify(public_key, routed_sig_input_b64u(fields.from_pk, fields.to, fields.seq, nonce), signature)
 
 
 _public_key_bytes: Final = functools.lru_cache(maxsize=256)(b64u_decode)
