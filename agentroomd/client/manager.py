@@ -296,6 +296,13 @@ class SessionManager:
         self._session_added.set()
         self._session_added = trio.Event()
 
+    def _established(self, pk: str, detail: str) -> PeerSession:
+        """The session with ``pk``; ClientError("handshake_pending", ...) while the inviter has not answered."""
+        session = self._sessions.get(pk)
+        if session is None:
+            raise ClientError("handshake_pending", f"the handshake with {short_pk(pk)} is not finished yet: {detail}")
+        return session
+
     def _lock(self, pk: str) -> trio.Lock:
         return self._locks.setdefault(pk, trio.Lock())
 
@@ -326,10 +333,7 @@ class SessionManager:
             raise ClientError("too_large", f"message is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT_BYTES}")
         async with self._lock(pk):
             row = self._peers[pk]
-            session = self._sessions.get(pk)
-            if session is None:
-                raise ClientError("handshake_pending", f"the handshake with {short_pk(pk)} is not finished yet: "
-                                  "the inviter has not answered (is its daemon running?)")
+            session = self._established(pk, "the inviter has not answered (is its daemon running?)")
             _refuse_closed(pk, session, "nothing more can be sent on it")
             ts = self.clock_ms()
             try:
@@ -388,10 +392,7 @@ class SessionManager:
         pk = self.resolve_peer(peer_ref)
         async with self._lock(pk):
             row = self._peers[pk]
-            session = self._sessions.get(pk)
-            if session is None:
-                raise ClientError("handshake_pending", f"the handshake with {short_pk(pk)} is not finished yet: "
-                                  "there is no session to close (the inviter has not answered)")
+            session = self._established(pk, "there is no session to close (the inviter has not answered)")
             if not isinstance(session.state, v3.Session):
                 raise ClientError("close_unsupported", f"the session with {short_pk(pk)} speaks protocol v2 (a "
                                   "TypeScript peer), which has no authenticated close: nothing was sent. Tell the "
