@@ -600,7 +600,10 @@ def cmd_serve(args: argparse.Namespace, client: ControlClient) -> int:
         api.HANDLER_SERVE,
         api.ServeParams(on_message=args.on_message, seed=args.seed, to=args.to, max_turns=args.max_turns),
     )
-    _serve_event({"type": "serving", "pk": started.pk, "ts": int(time.time() * 1000)}, args.json)
+    serving: dict[str, Any] = {"type": "serving", "pk": started.pk, "ts": int(time.time() * 1000)}
+    if started.seed is not None:
+        serving["seed"] = _result_json(started.seed)
+    _serve_event(serving, args.json)
     while True:
         note = client.next_notification(None)
         if note is None:
@@ -626,7 +629,9 @@ def _serve_event(event: dict[str, Any], as_json: bool) -> None:
     kind = event.get("type")
     peer = str(event.get("from") or event.get("to") or event.get("peer") or "")[:12]
     lines = {
-        "serving": f"serving as {event.get('pk')} (Ctrl-C to stop)",
+        "serving": f"serving as {event.get('pk')} (Ctrl-C to stop)" + (
+            f"; the seed goes to {str(event['seed'].get('peer'))[:12]}… once it answers the invite"
+            if isinstance(event.get("seed"), dict) and event["seed"].get("status") == "after_handshake" else ""),
         "received": f"{peer}… -> {event.get('text')}",
         "replied": f"{peer}… <- {event.get('text')}  (turn {event.get('turn')}{', seed' if event.get('seed') else ''})",
         "no_reply": f"{peer}… handler printed nothing: no reply",

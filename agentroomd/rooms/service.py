@@ -442,7 +442,7 @@ class RoomsService:
         serve = Serve(serve_id, responder, events)
         self.serves[serve_id] = serve
         try:
-            seed = await _send_seed(responder, to, params.seed) if params.seed and to else None
+            seed = await _send_seed(responder, to, params.seed, after_handshake=True) if params.seed and to else None
         except BaseException:
             self.serves.pop(serve_id, None)
             raise

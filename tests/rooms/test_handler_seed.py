@@ -6,11 +6,14 @@ after publishing its invite, so the guest's claim waits at the relay until the i
 """
 
 import json
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.env import AGENTROOMCTL
 from support.handlers import ECHO
 from support.home import Home, homes
 from support.processes import RelayProcess
@@ -134,3 +137,31 @@ def test_a_seed_too_large_for_one_message_is_refused_and_nothing_is_attached(rel
         assert handler["peer"] == host_pk and handler["turns"] == 1
         [seed] = host.listen(1, timeout=LISTEN_TIMEOUT_S)
         assert seed["text"] == "x" * MAX_PLAINTEXT_BYTES
+
+
+def test_a_serve_seed_for_an_offline_inviter_goes_once_it_answers(relay: RelayProcess) -> None:
+    with homes("", "") as (host, guest):
+        host.start()
+        guest.start()
+        url, host_pk = invite_from_offline_inviter(host, relay)
+        assert guest.json("invite", "accept", url)["answered"] is False
+        serve = subprocess.Popen(
+            [AGENTROOMCTL, "--home", str(guest.path), "--no-autostart", "serve", "--json", "--on-message", ECHO,
+             "--seed", "hi", f"--to={host_pk}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=guest.env,
+        )
+        try:
+            assert serve.stdout is not None
+            serving = json.loads(serve.stdout.readline())
+            assert serving["type"] == "serving" and serving["seed"]["status"] == "after_handshake"
+            host.start()
+            [seed] = host.listen(1, timeout=LISTEN_TIMEOUT_S)
+            assert seed["text"] == "hi"
+            replied = json.loads(serve.stdout.readline())
+            assert (replied["type"], replied["to"], replied["seed"]) == ("replied", host_pk, True)
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(timeout=10) == 0
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+            serve.communicate(timeout=10)
