@@ -7,13 +7,11 @@ after publishing its invite, so the guest's claim waits at the relay until the i
 
 import json
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.env import AGENTROOMCTL
 from support.handlers import ECHO
 from support.home import Home, homes
 from support.processes import RelayProcess
@@ -145,12 +143,7 @@ def test_a_serve_seed_for_an_offline_inviter_goes_once_it_answers(relay: RelayPr
         guest.start()
         url, host_pk = invite_from_offline_inviter(host, relay)
         assert guest.json("invite", "accept", url)["answered"] is False
-        serve = subprocess.Popen(
-            [AGENTROOMCTL, "--home", str(guest.path), "--no-autostart", "serve", "--json", "--on-message", ECHO,
-             "--seed", "hi", f"--to={host_pk}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=guest.env,
-        )
-        try:
+        with guest.serving("--on-message", ECHO, "--seed", "hi", f"--to={host_pk}") as serve:
             assert serve.stdout is not None
             serving = json.loads(serve.stdout.readline())
             assert serving["type"] == "serving" and serving["seed"]["status"] == "after_handshake"
@@ -161,7 +154,3 @@ def test_a_serve_seed_for_an_offline_inviter_goes_once_it_answers(relay: RelayPr
             assert (replied["type"], replied["to"], replied["seed"]) == ("replied", host_pk, True)
             serve.send_signal(signal.SIGTERM)
             assert serve.wait(timeout=10) == 0
-        finally:
-            if serve.poll() is None:
-                serve.kill()
-            serve.communicate(timeout=10)

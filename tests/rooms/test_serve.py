@@ -2,9 +2,7 @@
 
 import json
 import signal
-import subprocess
 
-from support.env import AGENTROOMCTL
 from support.handlers import ECHO, END_PREFIX
 from support.home import homes
 
@@ -35,11 +33,7 @@ def test_serve_seeds_answers_and_ends_at_max_turns_telling_both_sides() -> None:
 def test_serve_runs_until_interrupted_and_only_one_runs_at_a_time() -> None:
     with homes("") as (host,):
         host.start()
-        serve = subprocess.Popen(
-            [AGENTROOMCTL, "--home", str(host.path), "--no-autostart", "serve", "--json", "--on-message", ECHO],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=host.env,
-        )
-        try:
+        with host.serving("--on-message", ECHO) as serve:
             assert serve.stdout is not None
             assert json.loads(serve.stdout.readline())["type"] == "serving"
             assert host.json("status")["services"]["rooms"]["serving"] is True
@@ -47,8 +41,4 @@ def test_serve_runs_until_interrupted_and_only_one_runs_at_a_time() -> None:
             assert json.loads(second.stdout)["error"]["type"] == "agentroom.AlreadyExists"
             serve.send_signal(signal.SIGTERM)
             assert serve.wait(timeout=10) == 0
-        finally:
-            if serve.poll() is None:
-                serve.kill()
-            serve.communicate(timeout=10)
         assert host.json("status")["pid"] == host.pid

@@ -13,7 +13,7 @@ from typing import Any
 
 from agentroomd.orphans import CHILD_RECORD_FILE
 from support.ctl import ctl, require_success
-from support.env import isolated_env, short_dir
+from support.env import AGENTROOMCTL, isolated_env, short_dir
 from support.processes import DaemonProcess
 
 # Rooms tests restart daemons that reopen their rooms (relays, tunnels) before reporting ready: a longer bound
@@ -86,6 +86,24 @@ class Home:
         result = self.ctl("--json", "listen", "--since", str(since), "--count", str(count), "--timeout", str(timeout),
                           timeout=timeout + 10)
         return [json.loads(line) for line in result.stdout.splitlines()]
+
+    @contextlib.contextmanager
+    def serving(self, *args: str) -> Iterator[subprocess.Popen[str]]:
+        """`agentroomctl serve --json ARGS` in the background (its events on stdout, a line each).
+
+        Afterwards it is killed if it still runs, and reaped: a test that wants it to end cleanly
+        sends SIGTERM and checks the exit code itself.
+        """
+        serve = subprocess.Popen(
+            [AGENTROOMCTL, "--home", str(self.path), "--no-autostart", "serve", "--json", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+        )
+        try:
+            yield serve
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+            serve.communicate(timeout=10)
 
     def close(self) -> None:
         """Kill the daemon, or stop it gracefully while it runs tunnels (they would outlive a SIGKILL)."""
