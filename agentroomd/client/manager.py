@@ -137,6 +137,8 @@ class SessionManager:
         self.on_peer: Callable[[str], None] = lambda pk: None
         # (invite_id, peer pk): one of our invites became a session (hosted rooms learn their guest here)
         self.on_invite_redeemed: Callable[[str, str], None] = lambda invite_id, pk: None
+        # (peer pk, "peer" | "us"): a v3 session ended by an authenticated CLOSE (handlers end their exchange)
+        self.on_session_closed: Callable[[str, str], None] = lambda pk, by: None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -417,6 +419,7 @@ class SessionManager:
             self._peers[pk] = attrs.evolve(row, handshake="closed")
             self._hand_to_sender(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
         self.log.info("session.closed_by_us", peer=short_pk(pk))
+        self.on_session_closed(pk, "us")
         self._wake[row.relay_url].set()
         return await self._relay_answer(waiter, frame.msg_id, timeout_s), frame.msg_id, pk
 
@@ -556,6 +559,7 @@ class SessionManager:
                 self._sessions[pk] = new_session
                 self._peers[pk] = attrs.evolve(self._peers[pk], handshake="closed")
                 self.log.info("session.closed_by_peer", peer=short_pk(pk))
+                self.on_session_closed(pk, "peer")
                 return
             text = plaintext.decode("utf-8", errors="replace")
             ts = self.clock_ms()

@@ -182,6 +182,18 @@ class RoomsService:
                 return f"room {room.room_id}"
         return "handler" if pk in self.attachments else None
 
+    def session_closed(self, pk: str, by: str) -> None:
+        """A session ended (v3 CLOSE, from the peer or from us): whoever answers that peer ends its exchange."""
+        reason = "peer_closed" if by == "peer" else "closed"
+        responders = [room.responder for room in self.rooms.values()
+                      if room.record.peer == pk and room.responder is not None]
+        if pk in self.attachments:
+            responders.append(self.attachments[pk].responder)
+        responders += [serve.responder for serve in self.serves.values()
+                       if serve.running and pk in serve.responder.conversation.peers]
+        for responder in responders:
+            self.nursery.start_soon(partial(responder.finish, pk, reason, notify_peer=False))
+
     def invite_redeemed(self, invite_id: str, pk: str) -> None:
         for room in self.rooms.values():
             if room.owns_invite(invite_id):
@@ -556,6 +568,7 @@ async def run_rooms(ctx: DaemonContext, *, task_status: trio.TaskStatus[None] = 
     async with trio.open_nursery() as nursery:
         service = RoomsService(ctx, sessions, nursery)
         sessions.on_invite_redeemed = service.invite_redeemed
+        sessions.on_session_closed = service.session_closed
         await service.reopen()
         ctx.methods.register(api.ROOM_OPEN, service.room_open)
         ctx.methods.register(api.ROOM_LIST, service.room_list)

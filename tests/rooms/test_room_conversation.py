@@ -132,3 +132,23 @@ def test_a_corrupt_room_file_is_reported_by_name_and_never_replaced() -> None:
         assert room_file.read_text() == "{ not json"
         assert host.json("room", "stop", room["room_id"]) == {"stopped": [room["room_id"]]}
         assert not room_file.exists()
+
+
+def test_a_guest_that_closes_the_session_ends_the_room_and_its_own_handler() -> None:
+    with homes("", "") as (host, guest):
+        host.start()
+        guest.start()
+        room = host.json("room", "open", "--no-tunnel", "--on-message", ECHO)
+        accepted = guest.json("invite", "accept", room["invite_url"], "--on-message", ECHO, "--seed", "hello")
+        host_pk = accepted["peer"]
+        assert [m["text"] for m in guest.listen(1)] == ["echo: hello"]
+
+        closed = guest.json("close", host_pk[:12])
+        assert closed["peer"] == host_pk and closed["status"] in ("delivered", "queued")
+        # our side: the attached handler's exchange ends at once, and says why
+        [guest_handler] = guest.json("status")["services"]["rooms"]["handlers"]
+        assert guest_handler["ended"] == "closed"
+        # the host's room learns it from the authenticated CLOSE: the room ends, its handler says why
+        status = eventually(lambda: (s := host.room())["state"] == "ended" and s, what="the room to end")
+        assert status["handler"]["ended"] == "peer_closed"
+        assert [e["reason"] for e in host.events("conversation_ended")] == ["peer_closed"]
