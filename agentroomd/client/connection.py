@@ -8,9 +8,10 @@ connection is dropped without acknowledging, so the relay delivers the frame aga
 Acknowledgements go out from their own task (`_acker`), so the reader goes on to the next delivery
 while the store flushes, and deliveries that arrive back to back share one flush.
 
-Write-ahead at the wire: before any frame of ours goes out, the ``before_send`` hook runs (the session
-manager's is the store's flush), so nothing leaves the machine before the commits it follows are on
-disk: a sealed frame after its ratchet state, a DELIVERY_ACK after the journal line it acknowledges.
+Write-ahead at the wire: before any frame of ours goes out (PING and PONG aside: they depend on
+nothing stored), the ``before_send`` hook runs (the session manager's is the store's flush), so nothing
+leaves the machine before the commits it follows are on disk: a sealed frame after its ratchet state, a
+DELIVERY_ACK after the journal line it acknowledges.
 
 Reconnects use exponential backoff with jitter; the backoff resets once a connection was established.
 """
@@ -206,8 +207,12 @@ class RelayConnection:
         return waiter.result
 
     async def send_frame(self, frame: Frame) -> None:
-        """Fire-and-forget send; raises ConnectionLost when not connected."""
-        await self._send_text(serialize_frame(frame))
+        """Fire-and-forget send; raises ConnectionLost when not connected.
+
+        PING and PONG depend on nothing we stored, so they never wait for a flush (a slow disk must not
+        keep the reader from answering the relay's PING).
+        """
+        await self._send_text(serialize_frame(frame), flush=not isinstance(frame, Ping | Pong))
 
     # -- the connection loop --------------------------------------------------------------------
 
@@ -363,10 +368,10 @@ class RelayConnection:
 
     # -- internals ------------------------------------------------------------------------------
 
-    async def _send_text(self, text: str) -> None:
+    async def _send_text(self, text: str, *, flush: bool = True) -> None:
         if self._ws is None or not self._connected.is_set():
             raise ConnectionLost(f"not connected to {self.url}")
-        if self._before_send is not None:
+        if flush and self._before_send is not None:
             await self._before_send()
         ws = self._ws
         if ws is None or not self._connected.is_set():
