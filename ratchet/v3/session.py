@@ -274,23 +274,17 @@ def _seal(
     box = aead_seal(message_key, nonce, associated, plaintext)
     frame = seal_routed(identity, frame_type, session.peer_pk, header + box, sending.n)
     skipped = session.skipped
-    state = Session(  # what `_successor` builds, positionally: the call sends every message
-        session.own_pk,
-        session.peer_pk,
-        session.role,
-        session.session_id,
-        session.transcript_hash,
-        session.features,
-        root_key,
-        SendingChain(sending.ratchet, next_chain, sending.n + 1),
-        session.receiving,
-        session.previous_send_count,
-        _unexpired(skipped, now_ms) if skipped else skipped,
-        session.retired_ratchet_pks,
-        frame_type is FrameType.CLOSE,  # closed_by_us
-        session.closed_by_peer,
-        session.created_at,
-        now_ms,  # last_used_at
+    state = _successor(
+        session,
+        root_key=root_key,
+        sending=SendingChain(sending.ratchet, next_chain, sending.n + 1),
+        receiving=session.receiving,
+        previous_send_count=session.previous_send_count,
+        skipped=_unexpired(skipped, now_ms) if skipped else skipped,
+        retired_ratchet_pks=session.retired_ratchet_pks,
+        closed_by_us=frame_type is FrameType.CLOSE,
+        closed_by_peer=session.closed_by_peer,
+        last_used_at=now_ms,
     )
     return Sealed(state, frame)
 
