@@ -39,6 +39,7 @@ from bench.harness import (
     row,
     rss_kib,
     short_dir,
+    stop_all,
     whoami,
 )
 
@@ -118,10 +119,7 @@ async def run(
         cli = await trio.to_thread.run_sync(measure_run_time, ctl, cli_runs)
         bare_python = await trio.to_thread.run_sync(measure_run_time, [sys.executable, "-c", "pass"], cli_runs)
     finally:
-        with trio.CancelScope(shield=True):
-            for daemon in (alice, bob):
-                await daemon.stop()
-            await relay.stop()
+        await stop_all((alice, bob), relay)
     shutil.rmtree(root, ignore_errors=True)  # kept when something failed: the logs are there
 
     rows = [

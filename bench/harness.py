@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,23 @@ class Measured:
     process: trio.Process | None
     profile: Path | None
     what_if: dict[str, str]
+    log_path: Path  # where the process's stderr goes
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    async def kill(self) -> None:
+        """SIGKILL: what a crash looks like to its peers and to its database."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+        await self._close_pipes()
+
+    async def _close_pipes(self) -> None:
+        """Close what we read from the process (nothing, unless a subclass pipes its output)."""
 
     def command(self, module: str) -> list[str]:
         if self.profile is None and not self.what_if:
@@ -254,6 +271,7 @@ class RelayProcess(Measured):
         self.profile = profile
         self.what_if = {}
         self.db = workdir / "relay.db"
+        self.log_path = workdir / "relay.log"
         self.port = 0
         self.url = ""
         self.process: trio.Process | None = None
@@ -267,7 +285,7 @@ class RelayProcess(Measured):
     async def start(self) -> RelayProcess:
         command = [*self.command("agentroomd"), "relay", "--port", str(self.port), "--db", str(self.db),
                    "--home", str(self.workdir)]
-        with (self.workdir / "relay.log").open("ab") as log:
+        with self.log_path.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
                 command, stdout=subprocess.PIPE, stderr=log, cwd=self.workdir,
                 env=self.env(RATE_LIMIT_DISABLED="1", LOG_LEVEL="warn"),
@@ -281,18 +299,6 @@ class RelayProcess(Measured):
         self.port, self.url = int(ready["port"]), str(ready["url"])
         self.starts += 1
         return self
-
-    def log_tail(self) -> str:
-        try:
-            return (self.workdir / "relay.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-        await self._close_pipes()
 
     async def stop(self) -> None:
         if self.process is None:
@@ -330,6 +336,7 @@ class DaemonProcess(Measured):
         text = config if config is not None else FAST_CLIENT_TOML.format(ack_timeout_s=ack_timeout_s)
         (home / "agentroom.toml").write_text(text)
         self.socket = resolve_paths(home, env={}).socket_path
+        self.log_path = home / "agentroomd.log"
         self.process: trio.Process | None = None
         self.ready_s = 0.0  # seconds from spawn to "ready" of the last start
         self.starts = 0
@@ -345,7 +352,7 @@ class DaemonProcess(Measured):
         command = [*self.command("agentroomd"), "run", "--home", str(self.home), "--ready-fd", str(ready_write)]
         started = time.perf_counter()
         try:
-            with (self.home / "agentroomd.log").open("ab") as log:
+            with self.log_path.open("ab") as log:
                 self.process = await trio.lowlevel.open_process(
                     command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_write,),
                     cwd=self.home, env=self.env(),
@@ -361,21 +368,18 @@ class DaemonProcess(Measured):
         self.starts += 1
         return self
 
-    def log_tail(self) -> str:
-        try:
-            return (self.home / "agentroomd.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             await _reap(self.process, 20)
+
+
+async def stop_all(daemons: Iterable[DaemonProcess], relay: RelayProcess) -> None:
+    """Teardown of a bench's processes, shielded: it runs in a `finally` that may be cancelled."""
+    with trio.CancelScope(shield=True):
+        for daemon in daemons:
+            await daemon.stop()
+        await relay.stop()
 
 
 # ---------------------------------------------------------------------------------------- control client

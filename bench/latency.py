@@ -56,6 +56,7 @@ from bench.harness import (
     result,
     row,
     short_dir,
+    stop_all,
     whoami,
 )
 from bench.relay import server_process
@@ -214,10 +215,7 @@ async def run(
                 await process.profile_stop()
             nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            for daemon in (alice, bob):
-                await daemon.stop()
-            await relay.stop()
+        await stop_all((alice, bob), relay)
     shutil.rmtree(root, ignore_errors=True)  # kept when something failed: the logs are there
 
     rows = [

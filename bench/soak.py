@@ -52,6 +52,7 @@ from bench.harness import (
     row,
     rss_kib,
     short_dir,
+    stop_all,
     whoami,
 )
 
@@ -301,10 +302,7 @@ async def run(minutes: float = 3.0, pairs: int = 100, fault_every: float = 10.0,
             kinds_after = soak.fd_kinds()
             receivers.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            for daemon in daemons:
-                await daemon.stop()
-            await relay.stop()
+        await stop_all(daemons, relay)
 
     counts = check_streams(streams)
     counts.update(strays=soak.strays, relay_kills=soak.faults["relay"], daemon_kills=soak.faults["daemon"],
