@@ -139,6 +139,9 @@ class SessionManager:
         self.on_invite_redeemed: Callable[[str, str], None] = lambda invite_id, pk: None
         # (peer pk, "peer" | "us"): a v3 session ended by an authenticated CLOSE (handlers end their exchange)
         self.on_session_closed: Callable[[str, str], None] = lambda pk, by: None
+        # (peer pk, "peer" | "us", ms): the same, for the control plane's subscribers (the inbox); kept apart
+        # from `on_session_closed`, which the rooms service sets, so that neither replaces the other
+        self.on_session_closed_notice: Callable[[str, str, int], None] = lambda pk, by, ts: None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -420,6 +423,7 @@ class SessionManager:
             self._hand_to_sender(OutboxRow(row_id, frame.msg_id, row.relay_url, pk, sealed))
         self.log.info("session.closed_by_us", peer=short_pk(pk))
         self.on_session_closed(pk, "us")
+        self.on_session_closed_notice(pk, "us", ts)
         self._wake[row.relay_url].set()
         return await self._relay_answer(waiter, frame.msg_id, timeout_s), frame.msg_id, pk
 
@@ -560,6 +564,7 @@ class SessionManager:
                 self._peers[pk] = attrs.evolve(self._peers[pk], handshake="closed")
                 self.log.info("session.closed_by_peer", peer=short_pk(pk))
                 self.on_session_closed(pk, "peer")
+                self.on_session_closed_notice(pk, "peer", self.clock_ms())
                 return
             text = plaintext.decode("utf-8", errors="replace")
             ts = self.clock_ms()

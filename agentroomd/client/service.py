@@ -59,6 +59,7 @@ async def run_sessions(ctx: DaemonContext, *, task_status: trio.TaskStatus[None]
         )
         ctx.inbox.use_journal(manager.journal)
         manager.on_received = ctx.inbox.announce
+        manager.on_session_closed_notice = ctx.inbox.session_closed
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
             for url in settings.relays:

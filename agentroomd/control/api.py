@@ -327,6 +327,20 @@ class ReceivedNotification:
 
 
 @attrs.frozen
+class SessionClosedNotification:
+    """A peer's v3 session was closed while this subscription was live (never journaled, never replayed).
+
+    It comes in order with the messages around it: a message received before the CLOSE is notified first.
+    A subscriber that was away learns it from `peer.list` (state "closed").
+    """
+
+    subscription: str
+    peer: str  # the peer's full public key
+    by: str  # "peer" (its authenticated CLOSE arrived) | "us" (`peer.close`)
+    ts: int  # ms since the epoch, when our daemon closed it or received the CLOSE
+
+
+@attrs.frozen
 class ClosedNotification:
     """The subscription ended (lagged, shutting down); `error` is a JSON-RPC error object."""
 
@@ -505,6 +519,7 @@ ALL_METHODS: tuple[MethodSpec[Any, Any], ...] = (
 # Notifications (server -> client, no id)
 MESSAGE_RECEIVED = "message.received"
 MESSAGE_CLOSED = "message.closed"
+SESSION_CLOSED = "session.closed"  # on every live message.subscribe stream: SessionClosedNotification
 # handler.serve: {"serve", "event": {"type": ..., "ts": ms, ...}}; the serve ended: {"serve", "error"|"done"}
 HANDLER_EVENT = "handler.event"
 HANDLER_CLOSED = "handler.closed"

@@ -11,6 +11,12 @@ resubscribes from there and reads the rest from the journal (Syncthing's `since`
 and forgets them on restart; the client store provides a SQLite one with the same members
 (`Inbox.use_journal` swaps it in; `Inbox.announce` fans out a record the session journaled itself).
 Cursors only have to increase; they need not be consecutive.
+
+`Inbox.session_closed` tells subscribers that asked for it (`subscribe(..., session_events=True)`: the
+control plane's `message.subscribe`) that a peer's session ended. It travels through the same bounded
+buffer as the messages, so it arrives in order with them, and a full buffer ends the subscriber as
+lagged just as a message would. It is live only: the journal does not keep it, so a replay never
+repeats it (the peer's state says "closed" for anyone who was away).
 """
 
 import collections
@@ -91,6 +97,18 @@ class MemoryJournal:
 
 
 @attrs.frozen
+class SessionClosed:
+    """A peer's session ended (v3 CLOSE, sent by ``by``: "peer" | "us") at ``ts`` ms: a live event, not journaled."""
+
+    peer: str
+    by: str
+    ts: int
+
+
+StreamItem = ReceivedMessage | SessionClosed
+
+
+@attrs.frozen
 class SubscriptionEnd:
     """Why a subscription stopped, as the error of the `message.closed` notification."""
 
@@ -99,12 +117,15 @@ class SubscriptionEnd:
 
 
 class Subscription:
-    """One subscriber: its backlog from the journal, then live messages through a bounded channel."""
+    """One subscriber: its backlog from the journal, then live messages (and events) through a bounded channel."""
 
-    def __init__(self, inbox: "Inbox", subscription_id: str, since: int | None, buffer: int) -> None:
+    def __init__(
+        self, inbox: "Inbox", subscription_id: str, since: int | None, buffer: int, *, session_events: bool = False
+    ) -> None:
         self.id = subscription_id
+        self.session_events = session_events  # whether `Inbox.session_closed` reaches this subscriber
         self._inbox = inbox
-        self._send, self._receive = trio.open_memory_channel[ReceivedMessage](buffer)
+        self._send, self._receive = trio.open_memory_channel[StreamItem](buffer)
         # Messages published from now on reach the channel; everything up to `high` comes from the journal.
         self.high = inbox.journal.last_cursor
         self.delivered = self.high if since is None else min(since, self.high)  # the last cursor handed out
@@ -112,12 +133,12 @@ class Subscription:
         self.end: SubscriptionEnd | None = None
         self.detached = False
 
-    def offer(self, record: ReceivedMessage) -> None:
+    def offer(self, item: StreamItem) -> None:
         """Called by the publisher: never blocks; a full buffer ends this subscription as lagged."""
         if self.end is not None:
             return
         try:
-            self._send.send_nowait(record)
+            self._send.send_nowait(item)
         except trio.WouldBlock:
             self.close(api.LAGGED, "subscriber too slow: resubscribe with since=resume_from")
 
@@ -141,20 +162,31 @@ class Subscription:
     async def __anext__(self) -> ReceivedMessage:
         """The backlog (cursor > since) first, then live messages: each exactly once, in cursor order."""
         while True:
-            if self.detached:
+            item = await self.next_item()
+            if item is None:
                 raise StopAsyncIteration
+            if isinstance(item, ReceivedMessage):
+                return item
+
+    async def next_item(self) -> StreamItem | None:
+        """Like iterating, but with the live events in their place among the messages; None at the end."""
+        while True:
+            if self.detached:
+                return None
             if not self._backlog and self.delivered < self.high:
                 page = await self._inbox.journal.since(self.delivered, BACKLOG_PAGE)
                 self._backlog.extend(record for record in page if self.delivered < record.cursor <= self.high)
                 if not self._backlog:
                     self.high = self.delivered  # the rest was dropped from the journal meanwhile
             if self._backlog:
-                record = self._backlog.popleft()
+                record: StreamItem = self._backlog.popleft()
             else:
                 try:
                     record = await self._receive.receive()
                 except (trio.EndOfChannel, trio.ClosedResourceError):
-                    raise StopAsyncIteration from None
+                    return None
+            if isinstance(record, SessionClosed):
+                return record  # live only: every one received after subscribing is new
             if record.cursor > self.delivered:
                 self.delivered = record.cursor
                 return record
@@ -200,11 +232,25 @@ class Inbox:
         for subscriber in list(self._subscribers.values()):
             subscriber.offer(record)
 
-    def subscribe(self, since: int | None) -> Subscription:
-        """Register a subscriber now (synchronously, so no message can slip between backlog and live)."""
+    def session_closed(self, pk: str, by: str, ts: int) -> None:
+        """Offer "the session with ``pk`` ended" to every subscriber that asked for session events.
+
+        Never waits, like `announce`, and goes through the same buffer, so each subscriber sees it after
+        every message announced before it.
+        """
+        event = SessionClosed(peer=pk, by=by, ts=ts)
+        for subscriber in list(self._subscribers.values()):
+            if subscriber.session_events:
+                subscriber.offer(event)
+
+    def subscribe(self, since: int | None, *, session_events: bool = False) -> Subscription:
+        """Register a subscriber now (synchronously, so no message can slip between backlog and live).
+
+        ``session_events``: also deliver `SessionClosed` events, through `Subscription.next_item`.
+        """
         if self.closed is not None:
             raise api.RpcError(self.closed.kind, self.closed.message)
-        subscription = Subscription(self, f"s{next(self._ids)}", since, self.buffer)
+        subscription = Subscription(self, f"s{next(self._ids)}", since, self.buffer, session_events=session_events)
         self._subscribers[subscription.id] = subscription
         return subscription
 

@@ -4,13 +4,17 @@ The reply `{subscription, cursor, oldest}` goes out first; then a pump task of t
 one `message.received` notification per message (backlog after `since`, then live). When the inbox
 ends the subscription (lagged, shutdown) the pump sends `message.closed` whose error carries
 `data.resume_from`: resubscribing with `since=resume_from` continues without a gap or a duplicate.
+
+A peer's session closing while the stream is live sends `session.closed` in its place among the
+messages (a message received before the CLOSE is notified first). It is not journaled, so a replay
+(`since`) does not repeat it: `peer.list` shows the state "closed" to whoever was away.
 """
 
 import functools
 
 from agentroomd.control import api
 from agentroomd.control.connection import Connection, ConnectionGoneError, Gauge
-from agentroomd.control.inbox import Inbox, Subscription
+from agentroomd.control.inbox import Inbox, SessionClosed, Subscription
 from agentroomd.control.rpc import Caller, MethodRegistry
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 8
@@ -25,7 +29,7 @@ def register_subscription_methods(registry: MethodRegistry, inbox: Inbox, pumps:
             )
         if params.since is not None and params.since < 0:
             raise api.RpcError(api.INVALID_PARAMS, "since must be 0 or a cursor seen before", errors=["since: < 0"])
-        subscription = inbox.subscribe(params.since)
+        subscription = inbox.subscribe(params.since, session_events=True)
         connection.subscriptions[subscription.id] = subscription
         caller.after_reply(functools.partial(_pump, connection, subscription, pumps))
         return api.SubscribeResult(
@@ -53,8 +57,13 @@ def _connection(caller: Caller) -> Connection:
 async def _pump(connection: Connection, subscription: Subscription, pumps: Gauge) -> None:
     pumps.enter()
     try:
-        async for record in subscription:
-            notification = api.ReceivedNotification(subscription=subscription.id, message=record)
+        while (item := await subscription.next_item()) is not None:
+            if isinstance(item, SessionClosed):
+                closed = api.SessionClosedNotification(subscription=subscription.id, peer=item.peer, by=item.by,
+                                                       ts=item.ts)
+                await connection.notify(api.SESSION_CLOSED, api.params_converter.unstructure(closed))
+                continue
+            notification = api.ReceivedNotification(subscription=subscription.id, message=item)
             await connection.notify(api.MESSAGE_RECEIVED, api.params_converter.unstructure(notification))
         end = subscription.end
         if end is not None and not subscription.detached:
