@@ -96,7 +96,14 @@ def build_parser() -> Parser:
     send.add_argument("peer", help="full public key, unique prefix, or alias")
     send.add_argument("text", help="the message, or - to read it from stdin (one trailing newline is dropped)")
     listen = command("listen", "print received messages as they arrive")
-    listen.add_argument("--count", type=_positive_int, help="exit after N messages")
+    listen.description = (
+        "Print received messages as they arrive. A peer's session closing while listening (its CLOSE "
+        "arrived, or `agentroomctl close`) is printed too, in order with the messages, but is not a message: "
+        "it does not count toward --count, and listen goes on (other peers may still write). It is not "
+        "replayed with --since: `agentroomctl peers` shows the state closed."
+    )
+    listen.add_argument("--count", type=_positive_int,
+                        help="exit after N messages (a session closing is shown but not counted)")
     listen.add_argument("--timeout", type=_positive_float, help="stop after S seconds (exit 5 if --count not reached)")
     listen.add_argument("--since", type=_cursor, help="first replay kept messages after CURSOR (0: all kept)")
     command("stop", "stop the daemon (and wait until it has exited)")
@@ -417,6 +424,9 @@ def cmd_listen(args: argparse.Namespace, client: ControlClient) -> int:
             message = api.results_converter.structure(params.get("message"), api.ReceivedMessage)
             _print_message(message, args.json)
             received += 1
+        elif note.get("method") == api.SESSION_CLOSED:
+            # not a message: never counted, and listen goes on (other peers may still write)
+            _print_session_closed(api.results_converter.structure(params, api.SessionClosedNotification), args.json)
         elif note.get("method") == api.MESSAGE_CLOSED:
             error = api.RpcError.from_json(params.get("error"))
             if error.type != api.LAGGED.type:
@@ -454,6 +464,15 @@ def _print_message(message: api.ReceivedMessage, as_json: bool) -> None:
         )
     else:
         sys.stdout.write(f"[{_when(message.ts)}] {message.from_[:12]}…  {message.text}\n")
+        sys.stdout.flush()
+
+
+def _print_session_closed(closed: api.SessionClosedNotification, as_json: bool) -> None:
+    if as_json:
+        _emit({"event": "session_closed", "peer": closed.peer, "by": closed.by, "ts": closed.ts})
+    else:
+        what = "closed the session" if closed.by == "peer" else "session closed by us"
+        sys.stdout.write(f"[{_when(closed.ts)}] {closed.peer[:12]}…  {what}\n")
         sys.stdout.flush()
 
 
