@@ -14,7 +14,10 @@ Target: p50 at most 3x.
 Two more rows, measured in the same blocks, say where a turn's floor lies beyond that echo: a control
 socket round trip (``identity.show`` on A: a turn crosses a control socket twice, into A and out of
 B) and one fdatasync on the daemons' disk (a turn waits for one: the sender's, before its frame
-leaves; the receiver's flush comes after the subscriber has the message).
+leaves; the receiver's flush comes after the subscriber has the message). A last row sets the turn
+against the sum of what it cannot avoid: that echo (the hop A -> relay -> B is one), the control
+round trip, the fdatasync, and v3's cryptography for one message (seal, sign, verify, open: timed in
+this process, bench.ratchet's v3 line). No target: it says how much of a turn is ours.
 
     .venv/bin/python -m bench.latency [--messages 1000] [--size 256] [--blocks 10]
                                       [--profile DIR] [--what-if-no-flush]
@@ -132,6 +135,20 @@ async def control_round_trips(control: Control, count: int) -> list[float]:
     return samples
 
 
+def crypto_ms(size: int, count: int = 300, rounds: int = 5) -> float:
+    """ms of v3 encrypt + sign and verify + decrypt for one message of ``size`` bytes (best round, CPU)."""
+    from bench.ratchet import Fixture, v3_ours_receive, v3_ours_send
+
+    fixture = Fixture(count, size)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        v3_ours_send(fixture)
+        v3_ours_receive(fixture)
+        best = min(best, time.process_time() - started)
+    return best / count * 1000
+
+
 def fdatasync_times(directory: Path, count: int) -> list[float]:
     """ms per fdatasync of a freshly appended 4 KiB block in ``directory`` (the daemons' filesystem)."""
     path = directory / "fdatasync.probe"
@@ -218,6 +235,8 @@ async def run(
         await stop_all((alice, bob), relay)
     shutil.rmtree(root, ignore_errors=True)  # kept when something failed: the logs are there
 
+    crypto = crypto_ms(len(payload))
+    floor = statistics.median(echo) + statistics.median(control_rt) + statistics.median(disk) + crypto
     rows = [
         row("latency", f"turn p50, {size} B text", "ms", statistics.median(ours), statistics.median(echo),
             ratio_at_most=P50_TARGET, baseline_label="bare WS echo p50"),
@@ -229,6 +248,8 @@ async def run(
             statistics.median(echo), baseline_label="bare WS echo p50"),
         row("latency", "one fdatasync on the daemons' disk p50", "ms", statistics.median(disk),
             statistics.median(echo), baseline_label="bare WS echo p50"),
+        row("latency", "turn p50", "ms", statistics.median(ours), floor,
+            baseline_label=f"its floor: echo + control RT + fdatasync + crypto {crypto * 1000:.0f} us"),
     ]
     return result(
         "latency", rows, messages=messages, size=size,
@@ -237,6 +258,7 @@ async def run(
         echo_ms={"p50": statistics.median(echo), "p99": percentile(echo, 0.99), "max": max(echo)},
         control_ms={"p50": statistics.median(control_rt), "p99": percentile(control_rt, 0.99)},
         fdatasync_ms={"p50": statistics.median(disk), "p99": percentile(disk, 0.99)},
+        crypto_ms=crypto, floor_ms=floor,
     )
 
 

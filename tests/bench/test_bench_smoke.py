@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench import daemon, handlers, latency, ratchet, soak, throughput
 from bench.__main__ import Outcome, print_table, write_results
 from bench.harness import profile_report, table_lines
@@ -46,17 +48,21 @@ def test_ratchet_prints_v2_and_v3_headlines_against_their_floors(capsys: Any) ->
 
 async def test_latency_times_every_turn_beside_the_echo() -> None:
     outcome = await latency.run(messages=20, size=16, blocks=2, warmup=2)
-    rows = check_rows(outcome, "latency", 5)
+    rows = check_rows(outcome, "latency", 6)
     assert all(row["ours"] > 0 and row["baseline"] > 0 for row in rows)
     for key in ("turn_ms", "echo_ms", "send_answer_ms", "control_ms", "fdatasync_ms"):
         assert 0 < outcome[key]["p50"] <= outcome[key]["p99"]
     assert outcome["turn_ms"]["p99"] <= outcome["turn_ms"]["max"]
+    # the floor row adds up the parts a turn cannot avoid, each measured in this run
+    parts = (outcome[key]["p50"] for key in ("echo_ms", "control_ms", "fdatasync_ms"))
+    assert outcome["floor_ms"] == pytest.approx(sum(parts) + outcome["crypto_ms"])
+    assert 0 < outcome["crypto_ms"] < outcome["floor_ms"] == rows[-1]["baseline"]
 
 
 async def test_latency_profiles_the_timed_turns_of_every_process(tmp_path: Path) -> None:
     outcome = await latency.run(messages=10, size=16, blocks=1, warmup=2, profile_dir=tmp_path,
                                 what_if={"BENCH_CLIENT_NO_FLUSH": "1"})
-    check_rows(outcome, "latency", 5)
+    check_rows(outcome, "latency", 6)
     for name in ("sender", "relay", "receiver"):
         report = profile_report(tmp_path / f"{name}.prof")
         assert report["busy_s"] > 0 and report["owners"]["ours"] > 0 and report["owners"]["trio"] > 0
