@@ -41,7 +41,7 @@ from agentroomd.relay.config import RelayConfig, relay_config_from
 from agentroomd.relay.server import RelayHandle, serve_relay
 from agentroomd.rooms.responder import Responder, end_notice
 from agentroomd.rooms.state import RecordFile, RoomRecord, StateError
-from agentroomd.tunnel import ObservableValue, TunnelConfig, TunnelState, TunnelSupervisor
+from agentroomd.tunnel import ObservableValue, TunnelConfig, TunnelState, TunnelStatus, TunnelSupervisor
 
 RELAY_DB = "relay.db"
 RESTART_INITIAL_S = 1.0
@@ -91,6 +91,9 @@ class Room:
         self.relay: RelayHandle | None = None
         self.local_url: str | None = None
         self.tunnel: TunnelSupervisor | None = None
+        # The tunnel as status reports show it. A new URL shows together with the invite that names it
+        # (a relay round trip later), so that `public_url` and `invite_url` never disagree in one answer.
+        self._tunnel_shown: TunnelStatus | None = None
         self.last_error: str | None = None
         self.invite_error: str | None = None
         self.starts = 0
@@ -182,6 +185,7 @@ class Room:
                         logger=Logger("tunnel"), label=self.room_id,
                         child_record=self.directory / CHILD_RECORD_FILE,
                     )  # fmt: skip
+                    self._tunnel_shown = None  # a new supervisor: nothing of the last one's is shown
                     await nursery.start(self.tunnel.run)
                     nursery.start_soon(self._follow_tunnel, self.tunnel)
                 if self.responder is not None:
@@ -234,10 +238,11 @@ class Room:
         version = -1
         while True:
             version, status = await tunnel.status.wait_change(version)
-            self._changed()
             systemd.notify_status(f"room {self.room_id}: tunnel {status.state.value} {status.url or ''}".strip())
             if status.url is not None and self.record.peer is None and status.url != self.record.invite_relay:
-                await self.publish_invite(status.url)
+                await self.publish_invite(status.url, tunnel_status=status)
+            self._tunnel_shown = status
+            self._changed()
 
     async def _settle(self, relay: RelayHandle) -> None:
         record = self.record
@@ -256,8 +261,12 @@ class Room:
         if record.peer is not None:
             await self._seed_if_due()
 
-    async def publish_invite(self, advertised_url: str) -> None:
-        """Create and publish a fresh single-use invite naming ``advertised_url``."""
+    async def publish_invite(self, advertised_url: str, tunnel_status: TunnelStatus | None = None) -> None:
+        """Create and publish a fresh single-use invite naming ``advertised_url``.
+
+        ``tunnel_status``: the tunnel status that brought the URL; reports show it from the moment the
+        invite is out (or has failed), not before.
+        """
         async with self._invite_lock:
             relay, record = self.relay, self.record
             if relay is None or record.peer is not None:
@@ -270,8 +279,10 @@ class Room:
             except (ClientError, StoreError) as exc:
                 self.invite_error = f"could not publish the invite: {exc}"
                 self.deps.log.error("room_invite_failed", room=self.room_id, error=str(exc))
+                self._tunnel_shown = tunnel_status or self._tunnel_shown
                 self._changed()
                 return
+            self._tunnel_shown = tunnel_status or self._tunnel_shown
             record.invite_url, record.invite_id = invite.url, invite.invite_id
             record.invite_expires_at, record.invite_relay = invite.expires_at, advertised_url
             record.issued_invites.append(invite.invite_id)
@@ -357,13 +368,18 @@ class Room:
         if self.last_error or self.invite_error:
             return self.last_error or self.invite_error
         record = self.record
-        tunnel = self.tunnel.status.value if self.tunnel is not None else None
+        tunnel = self._shown_tunnel()
         if record.peer is not None and tunnel is not None and tunnel.url and tunnel.url != record.invite_relay:
             return (
                 f"the tunnel URL changed to {tunnel.url}, but the guest only knows {record.invite_relay}: "
                 "quick tunnels get a new URL when they restart; use a fixed [tunnel] public_url to keep one"
             )
         return None
+
+    def _shown_tunnel(self) -> TunnelStatus | None:
+        if self.tunnel is None:
+            return None
+        return self._tunnel_shown or self.tunnel.status.value  # the live one until the room has followed it once
 
     async def info(self) -> api.RoomInfo:
         record = self.record
@@ -373,7 +389,7 @@ class Room:
                 counts = await self.deps.sessions.message_counts(record.peer)
             except StoreError as exc:
                 self.deps.log.warn("room_counts_failed", room=self.room_id, error=str(exc))
-        tunnel = self.tunnel.status.value if self.tunnel is not None else None
+        tunnel = self._shown_tunnel()
         return api.RoomInfo(
             room_id=record.room_id,
             name=record.name,

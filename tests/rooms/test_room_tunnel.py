@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from support.fake_cloudflared import FakeCloudflared, install_fake_cloudflared
 from support.handlers import ECHO
 from support.home import homes
+from support.raw_control import RawClient
 from support.waiting import eventually, wait_pid_exit
 
 from agentroomd.orphans import CHILD_RECORD_FILE
@@ -63,6 +65,34 @@ def test_the_public_url_goes_into_the_invite_and_every_tunnel_change_is_publishe
 
         host.json("room", "stop")
         assert wait_pid_exit(fake.pid(2), 5)  # the tunnel went with the room
+
+
+def test_room_status_never_shows_a_new_tunnel_url_beside_the_old_invite(fake: FakeCloudflared) -> None:
+    """A script reads `public_url` and `invite_url` from one status: they must name the same relay.
+
+    The invite for a new URL takes a relay round trip to publish; until it is out, status keeps
+    showing the URL the current invite names (polled as fast as the socket answers, so a window of
+    even a millisecond is seen).
+    """
+    with homes(FAST_TUNNEL, AGENTROOM_CLOUDFLARED=str(fake.binary)) as (host,):
+        host.start()
+        room = host.json("room", "open")
+        control = RawClient(host.path / "agentroomd.sock")
+        try:
+            fake.control("url moved-words")
+            seen = set()
+            deadline = time.monotonic() + 20
+            while True:
+                status = control.call("room.status", {"room_id": room["room_id"]})["result"]
+                seen.add(status["public_url"])
+                assert invite_relay(status) == status["public_url"], "a new URL beside the old invite"
+                if status["public_url"] == "wss://moved-words.trycloudflare.com/ws":
+                    break
+                assert time.monotonic() < deadline, "the new URL never showed"
+            assert seen == {room["public_url"], "wss://moved-words.trycloudflare.com/ws"}
+        finally:
+            control.close()
+        host.json("room", "stop")
 
 
 def test_a_tunnelled_room_reopens_after_a_restart_and_publishes_its_new_url(fake: FakeCloudflared) -> None:
