@@ -218,7 +218,7 @@ class RelayStore:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(ed25519_pk) DO UPDATE SET"
                 " x25519_pk = excluded.x25519_pk, last_seen = excluded.last_seen,"
                 " acks_deliveries = excluded.acks_deliveries",
-                (ed25519_pk, x25519_pk, now_s, now_s, int(acks_deliveries)),
+                (ed25519_pk, _sqlite_text(x25519_pk), now_s, now_s, int(acks_deliveries)),
             )
             return _count_pending(conn, ed25519_pk)
 
@@ -244,7 +244,7 @@ class RelayStore:
         commit costs more than an insert (it writes the touched pages to the WAL), so under load each
         frame pays a fraction of one.
         """
-        request = _Insert(to_pk, row_id, envelope, now_s, cap)
+        request = _Insert(_sqlite_text(to_pk), row_id, envelope, now_s, cap)
         self._inserts.append(request)
         self._insert_wanted.set()
         await request.done.wait()
@@ -374,7 +374,7 @@ class RelayStore:
                 return "quota"
             conn.execute(
                 "INSERT OR IGNORE INTO invites (invite_id, blob, inviter_pk, expires_at) VALUES (?, ?, ?, ?)",
-                (invite_id, blob, inviter_pk, expires_at_ms),
+                (invite_id, _sqlite_text(blob), inviter_pk, expires_at_ms),
             )
             return "ok"
 
@@ -529,6 +529,14 @@ class RelayStore:
 
             await self._run("close", body)
             self._closed = True
+
+
+def _sqlite_text(text: str) -> str:
+    """``text`` as SQLite can hold it: a lone surrogate (a JSON string may escape one; UTF-8 cannot hold it) becomes
+    U+FFFD, as Node's UTF-8 encoding makes it in the reference's database. Without this, binding it raises."""
+    if text.isascii():
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _count_pending(conn: sqlite3.Connection, to_pk: str) -> int:

@@ -1,0 +1,91 @@
+"""Defects found by reading the relay against its documents, each pinned by the test that first failed.
+
+Lone surrogates: JSON may carry `\\udxxx` escapes that decode to a lone surrogate code point, which
+the frame parser rightly accepts (PROTOCOL.md §2.2) but which SQLite's UTF-8 cannot hold. The relay
+must answer such frames like any other, and never let them reach a place that raises.
+"""
+
+import json
+import sqlite3
+from pathlib import Path
+
+from relay_support import (
+    Agent,
+    authenticated,
+    connect,
+    fetch_challenge,
+    get_json,
+    metrics,
+    new_id,
+    now_ms,
+    pending_rows,
+)
+
+from agentroomd.relay.server import RelayHandle
+from ratchet.frames import Delivery, HelloAck, serialize_frame
+
+LONE = "\\ud800"  # as written inside a JSON string: decodes to the lone surrogate U+D800
+
+
+def _with_lone_surrogate(frame_text: str, field: str, value: str) -> str:
+    """``frame_text`` with ``field`` set to ``value``, where each `{LONE}` in ``value`` is a JSON escape."""
+    decoded = json.loads(frame_text)
+    decoded[field] = "@@"
+    return json.dumps(decoded).replace('"@@"', '"' + value + '"')
+
+
+async def test_a_lone_surrogate_in_to_is_queued_and_the_relay_keeps_serving(relay: RelayHandle) -> None:
+    """Before the fix, `to: "\\ud800"` killed the store's insert task, and with it the whole relay."""
+    alice, bob = Agent(), Agent()
+    async with authenticated(relay, alice) as (a, _), authenticated(relay, bob) as (b, _):
+        frame = alice.msg(bob.pk)
+        await a.send(_with_lone_surrogate(serialize_frame(frame), "to", bob.pk[:10] + LONE))
+        await a.expect_ack(frame.msg_id, "queued")  # as the reference: stored, under U+FFFD
+        live = alice.msg(bob.pk)
+        await a.send(live)
+        await a.expect_ack(live.msg_id, "delivered")
+        assert (await b.expect(Delivery)).routed.msg_id == live.msg_id
+    health = await get_json(relay, "/health")
+    assert health["ok"] is True
+    assert [to for to, _ in pending_rows(Path(relay.app.config.db))] == [bob.pk[:10] + "\ufffd"]
+
+
+async def test_a_lone_surrogate_in_an_invite_blob_is_stored_and_acknowledged(relay: RelayHandle) -> None:
+    """Before the fix the publisher's socket died with 1011 "internal error" instead of getting its ACK."""
+    alice = Agent()
+    async with authenticated(relay, alice) as (a, _):
+        frame = alice.publish(new_id(), "blob", now_ms() + 60_000)
+        await a.send(_with_lone_surrogate(serialize_frame(frame), "blob", "ab" + LONE + "cd"))
+        await a.expect_ack(frame.msg_id, "delivered")
+        await a.round_trip()
+    with sqlite3.connect(relay.app.config.db) as conn:
+        (blob,) = conn.execute("SELECT blob FROM invites WHERE invite_id = ?", (frame.invite_id,)).fetchone()
+    assert blob == "ab\ufffdcd"
+    assert (await metrics(relay))["errors_total"] == {}
+
+
+async def test_a_lone_surrogate_in_hello_x25519_pk_still_authenticates(relay: RelayHandle) -> None:
+    """The relay only records x25519_pk (the reference keeps it as Node encodes it, U+FFFD); before the fix: 1011."""
+    alice = Agent()
+    async with connect(relay) as client:
+        hello = alice.hello(await fetch_challenge(relay))
+        await client.send(_with_lone_surrogate(serialize_frame(hello), "x25519_pk", alice.x25519_pk + LONE))
+        await client.expect(HelloAck)
+        await client.round_trip()
+
+
+async def test_a_lone_surrogate_in_hello_ed25519_pk_is_a_bad_frame(relay: RelayHandle) -> None:
+    """A key name that no token or database can hold: BAD_FRAME, and the socket can still authenticate.
+
+    Base64url decoding skips foreign characters (as Node's does), so the signature verifies for the
+    key with a lone surrogate appended; before the fix, minting its token raised and the socket died (1011).
+    """
+    alice = Agent()
+    async with connect(relay) as client:
+        hello = alice.hello(await fetch_challenge(relay))
+        await client.send(_with_lone_surrogate(serialize_frame(hello), "ed25519_pk", alice.pk + LONE))
+        error = await client.expect_error("BAD_FRAME", hello.msg_id)
+        assert "ed25519_pk" in error.message
+        await client.send(alice.hello(await fetch_challenge(relay)))
+        await client.expect(HelloAck)
+        await client.round_trip()
