@@ -13,7 +13,8 @@ Rules of `run_handler` (one run):
   ``stderr_cap`` bytes for the log, and drained past that.
 * ``timeout_s`` bounds the whole run; then SIGTERM goes to the whole group, and SIGKILL after
   ``kill_grace_s``. When the handler's main process has exited, anything it left behind in its group
-  is killed too: a handler answers one message, it is not a service.
+  is killed too: a handler answers one message, it is not a service. A child that left the group
+  (``setsid``) cannot hold the reply back: the pipes are read for ``PIPES_AFTER_EXIT_S`` more, no longer.
 * A handler that never reads stdin is fine (EPIPE is ignored). Output that is not UTF-8 is decoded
   with replacement characters and NUL bytes are removed: garbage is reported, never fatal.
 * The environment is the daemon's minus systemd's per-service variables (a handler must not be able
@@ -53,6 +54,8 @@ from agentroomd.systemd import scrubbed_environment
 SHELL = "/bin/sh"
 LOOP_GUARD_WINDOW_S = 60.0
 _READ_CHUNK = 65536
+#: How long the pipes are still read once the handler's main process has exited and its group is gone.
+PIPES_AFTER_EXIT_S = 1.0
 
 
 _positive = attrs.validators.gt(0)
@@ -236,7 +239,7 @@ async def run_handler(
                     async with trio.open_nursery() as io:
                         io.start_soon(_read_stdout_then_stop, stdout, process.stdout, io.cancel_scope)
                         io.start_soon(stderr.read_and_drain, process.stderr)
-                        io.start_soon(_sweep_group_after_exit, process)
+                        io.start_soon(_sweep_group_after_exit, process, io.cancel_scope)
                     if not stdout.overflowed:
                         await process.wait()  # stdout closed early is not the end: wait for the exit
                 timed_out = deadline.cancelled_caught
@@ -260,10 +263,13 @@ async def _read_stdout_then_stop(
         io_scope.cancel()
 
 
-async def _sweep_group_after_exit(process: trio.Process) -> None:
+async def _sweep_group_after_exit(process: trio.Process, io_scope: trio.CancelScope) -> None:
     # A background grandchild holding our pipes open would otherwise keep us reading until the timeout.
     await process.wait()
     _signal_group(process.pid, signal.SIGKILL)
+    # One that left the group (setsid, a daemon) cannot be killed that way: what the handler printed is
+    # in the pipes already, so read it for a moment, then stop waiting for an EOF that may never come.
+    io_scope.deadline = min(io_scope.deadline, trio.current_time() + PIPES_AFTER_EXIT_S)
 
 
 def _result(
