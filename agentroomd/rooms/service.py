@@ -146,21 +146,21 @@ class RoomsService:
                 continue
             try:
                 record = decode(path, RoomRecord)
-            except StateError as exc:
-                self.broken[directory.name] = str(exc)
-                self.log.error("room_unreadable", room=directory.name, error=str(exc))
+                room = Room(RecordFile(path, record), directory, self.deps)
+            except (StateError, ValueError) as exc:
+                self.broken[directory.name] = _unusable(path, exc)
+                self.log.error("room_unreadable", room=directory.name, error=self.broken[directory.name])
                 continue
-            room = Room(RecordFile(path, record), directory, self.deps)
             self.rooms[record.room_id] = room
             await self.nursery.start(partial(room.host, strict_start=False))
             self.log.info("room_reopened", room=record.room_id, port=record.port)
         for path in sorted(self.handlers_dir.glob("*.json")):
             try:
                 attached = decode(path, AttachmentRecord)
-            except StateError as exc:
-                self.log.error("handler_unreadable", file=str(path), error=str(exc))
+                attachment = await self._start_attachment(RecordFile(path, attached))
+            except (StateError, ValueError) as exc:  # ValueError: from the Responder, before anything started
+                self.log.error("handler_unreadable", file=str(path), error=_unusable(path, exc))
                 continue
-            attachment = await self._start_attachment(RecordFile(path, attached))
             if attached.seed and not attached.conversation.seed_sent:
                 # attached while the inviter was offline (or stopped before the seed went out): it still waits
                 attachment.responder.send_seed_after_handshake(attached.peer, attached.seed)
@@ -508,6 +508,14 @@ class RoomsService:
             ],
             "serving": bool(self.serves),
         }
+
+
+def _unusable(path: Path, exc: StateError | ValueError) -> str:
+    """Why a saved record cannot be used. A value no room or handler can have (a negative max_turns, a blank
+    command; the Responder refuses it with a ValueError) is corruption like any other, named by its file."""
+    if isinstance(exc, StateError):
+        return str(exc)
+    return f"{path} is corrupt ({exc}); move it away to start without it"
 
 
 def _check_handler(command: str, max_turns: int, seed: str | None) -> None:

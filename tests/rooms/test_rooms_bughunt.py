@@ -1,10 +1,14 @@
 """Defects found by reading rooms, handlers and the tunnel supervisor against their docs; one test each."""
 
 import contextlib
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+
+from support.handlers import ECHO
+from support.home import homes
 
 from agentroomd.handlers import HandlerLimits, HandlerOutcome, run_handler
 
@@ -28,3 +32,26 @@ async def test_a_handler_whose_child_left_its_group_still_replies_at_once(scratc
     assert not result.timed_out
     assert result.duration_s < 4
 
+
+def test_a_saved_room_or_handler_with_an_impossible_value_is_reported_and_the_daemon_still_starts() -> None:
+    with homes("") as (host,):
+        host.start()
+        bad = host.json("room", "open", "--no-tunnel", "--on-message", ECHO)
+        good = host.json("room", "open", "--no-tunnel", "--name", "good")
+        assert host.stop() == 0
+        room_file = host.path / "rooms" / bad["room_id"] / "room.json"
+        record = json.loads(room_file.read_text())
+        room_file.write_text(json.dumps({**record, "max_turns": -1}))  # valid JSON, but no room has it
+        attached = host.path / "handlers" / f"{'A' * 43}.json"
+        blank_command = {"peer": "A" * 43, "on_message": "  ", "max_turns": 0, "seed": None, "created_at": 1}
+        attached.write_text(json.dumps({**blank_command, "version": 1}))
+        host.start()  # used to crash: "ValueError('max_turns must be >= 0, got -1')"
+        rooms = {r["room_id"]: r for r in host.json("room", "list")["rooms"]}
+        assert rooms[good["room_id"]]["state"] == "waiting"
+        broken = rooms[bad["room_id"]]
+        assert broken["state"] == "failed"
+        assert str(room_file) in broken["last_error"] and "max_turns" in broken["last_error"]
+        [unreadable] = host.events("handler_unreadable")
+        assert str(attached) in unreadable["error"] and "empty" in unreadable["error"]
+        assert host.json("status")["services"]["rooms"]["handlers"] == []
+        assert host.json("room", "stop", bad["room_id"]) == {"stopped": [bad["room_id"]]}
