@@ -41,8 +41,13 @@ class CommandError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    # Set by `_parse` from the raw arguments: argparse fails before `--json` is known, yet the error must be JSON.
+    json_errors = False
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
+        if Parser.json_errors:
+            _emit_usage_error(message)
         self.exit(exitcodes.USAGE, f"agentroomctl: {message} (see `agentroomctl --help`)\n")
 
 
@@ -198,6 +203,8 @@ _SHIELD = "\x00"
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     raw = sys.argv[1:] if argv is None else argv
+    options = raw[: raw.index("--")] if "--" in raw else raw
+    Parser.json_errors = "--json" in options
     args = parser.parse_args([_SHIELD + a if _DASHED_KEY.fullmatch(a) else a for a in raw])
     for name, value in vars(args).items():
         if isinstance(value, str) and value.startswith(_SHIELD):
@@ -210,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(parser, argv)
     if args.command is None:
         parser.print_help(sys.stderr)
+        if args.json:
+            _emit_usage_error("no command given")
         return exitcodes.USAGE
     as_json: bool = args.json
     try:
@@ -252,6 +261,10 @@ def _fail(
             error.update({key: value for key, value in data.items() if key not in error})
         _emit({"error": error})
     return code
+
+
+def _emit_usage_error(message: str) -> None:
+    _emit({"error": {"type": "agentroomctl.Usage", "message": message, "exit_code": exitcodes.USAGE}})
 
 
 def _emit(document: Any) -> None:

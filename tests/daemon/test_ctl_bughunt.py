@@ -1,0 +1,65 @@
+"""Defects a demanding script hit in agentroomctl and the control socket, each pinned by a test.
+
+One real daemon (module scope) serves the tests that need one; every agentroomctl run says
+``--no-autostart`` there, so a command never quietly starts another daemon.
+"""
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.ctl import ctl, json_out
+from support.env import AGENTROOMCTL, isolated_env
+from support.processes import DaemonProcess, home_dir, lock_holder, running_daemon
+from support.raw_control import RawClient
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    with home_dir() as home, running_daemon(home) as running:
+        yield running
+
+
+@pytest.fixture
+def client(daemon: DaemonProcess) -> Iterator[RawClient]:
+    connection = RawClient(daemon.home / "agentroomd.sock")
+    yield connection
+    connection.close()
+
+
+def run(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return ctl(daemon.home, "--no-autostart", *args, stdin=stdin)
+
+
+def run_bytes(home: Path, *args: bytes) -> subprocess.CompletedProcess[bytes]:
+    argv = [AGENTROOMCTL.encode(), b"--home", bytes(home), b"--no-autostart", *args]
+    return subprocess.run(argv, capture_output=True, env=isolated_env(), timeout=30, check=False)
+
+
+# ------------------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["send", "onlypeer"],
+        ["invite", "create", "--ttl", "soon"],
+        ["listen", "--count", "0"],
+        [],
+    ],
+)
+def test_usage_errors_with_json_print_one_error_document(argv: list[str]) -> None:
+    with home_dir() as home:
+        result = ctl(home, "--json", *argv)
+        assert result.returncode == 2, result.stderr
+        error = json_out(result)["error"]
+        assert error["type"] == "agentroomctl.Usage" and error["exit_code"] == 2
+        assert error["message"]
+        assert lock_holder(home) is None  # nothing was started for a usage error
+
+
+# ---------------------------------------------------------------------------------- the control socket
