@@ -209,7 +209,18 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     for name, value in vars(args).items():
         if isinstance(value, str) and value.startswith(_SHIELD):
             setattr(args, name, value[len(_SHIELD):])
+        if isinstance(value, str) and name != "home" and not _is_text(value):
+            # Python keeps undecodable argv bytes as lone surrogates; JSON-RPC carries UTF-8 text only.
+            parser.error(f"argument {name.replace('_', '-')}: not UTF-8 text (messages, names and commands are text)")
     return args
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ One real daemon (module scope) serves the tests that need one; every agentroomct
 ``--no-autostart`` there, so a command never quietly starts another daemon.
 """
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,16 @@ def test_usage_errors_with_json_print_one_error_document(argv: list[str]) -> Non
         assert error["type"] == "agentroomctl.Usage" and error["exit_code"] == 2
         assert error["message"]
         assert lock_holder(home) is None  # nothing was started for a usage error
+
+
+def test_arguments_that_are_not_utf8_are_a_usage_error_not_a_traceback(daemon: DaemonProcess) -> None:
+    for argv in ([b"--json", b"send", b"somepeer", b"caf\xe9"], [b"--json", b"send", b"p\xe9er", b"hi"],
+                 [b"--json", b"room", b"status", b"r\xe9"]):
+        result = run_bytes(daemon.home, *argv)
+        assert result.returncode == 2, result.stderr
+        assert b"Traceback" not in result.stderr
+        error = json.loads(result.stdout)["error"]
+        assert error["type"] == "agentroomctl.Usage" and "UTF-8" in error["message"]
 
 
 # ---------------------------------------------------------------------------------- the control socket
