@@ -25,6 +25,7 @@ from agentroomd.config import ConfigError, Paths, resolve_paths
 from agentroomd.control import api
 
 STOP_WAIT_S = 30.0  # longer than the daemon's default shutdown grace
+MAX_SAFE_INTEGER = 2**53 - 1  # expiries are JSON numbers every peer reads exactly (ms since the epoch)
 
 
 class UsageError(Exception):
@@ -152,10 +153,12 @@ def _duration_ms(text: str) -> int:
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
     if not parts or "".join(number + unit for number, unit in parts) != text.strip():
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 24h, 90m, 3600s, 1d")
-    total = sum(float(number) * units[unit] for number, unit in parts)
-    if total <= 0:
+    total_ms = sum(float(number) * units[unit] for number, unit in parts) * 1000
+    if int(min(total_ms, MAX_SAFE_INTEGER)) <= 0:
         raise argparse.ArgumentTypeError("the duration must be positive")
-    return int(total * 1000)
+    if total_ms > MAX_SAFE_INTEGER - time.time() * 1000:
+        raise argparse.ArgumentTypeError(f"duration {text!r} is too long: an expiry must stay below 2^53 ms after 1970")
+    return int(total_ms)
 
 
 def _positive_int(text: str) -> int:

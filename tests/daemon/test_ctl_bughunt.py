@@ -73,4 +73,14 @@ def test_arguments_that_are_not_utf8_are_a_usage_error_not_a_traceback(daemon: D
         assert error["type"] == "agentroomctl.Usage" and "UTF-8" in error["message"]
 
 
+@pytest.mark.parametrize("ttl", ["99999999999999999999d", "9" * 400])
+def test_an_invite_lifetime_beyond_what_an_invite_can_hold_is_a_usage_error(ttl: str) -> None:
+    with home_dir() as home:
+        result = ctl(home, "--json", "invite", "create", "--relay", "ws://127.0.0.1:9/ws", "--ttl", ttl)
+        assert result.returncode == 2, result.stderr
+        assert json_out(result)["error"]["type"] == "agentroomctl.Usage"
+        assert "too long" in json_out(result)["error"]["message"]
+        assert lock_holder(home) is None
+
+
 # ---------------------------------------------------------------------------------- the control socket
