@@ -63,7 +63,15 @@ class ControlClient:
 
     def request(self, method: str, params: dict[str, Any], timeout: float | None = None) -> Any:
         request_id = next(self._ids)
-        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        line = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        if len(line) > MAX_LINE_BYTES + 1:  # the newline does not count
+            # The daemon would end the connection mid-send (framing is lost): say what is wrong instead.
+            raise api.RpcError(
+                api.LIMIT_EXCEEDED,
+                f"{method}: the request is too large ({len(line) - 1} bytes; the control socket takes lines of at most "
+                f"{MAX_LINE_BYTES} bytes)",
+            )
+        self._send(line)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._receive(deadline)
@@ -91,10 +99,10 @@ class ControlClient:
             if "method" in message and "id" not in message:
                 return message
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, line: bytes) -> None:
         try:
             self._sock.settimeout(CONNECT_TIMEOUT_S)
-            self._sock.sendall(encode(message))
+            self._sock.sendall(line)
         except OSError as exc:
             raise DaemonUnreachableError(f"lost the connection to agentroomd at {self.path}: {exc}") from exc
 

@@ -63,6 +63,15 @@ def test_usage_errors_with_json_print_one_error_document(argv: list[str]) -> Non
         assert lock_holder(home) is None  # nothing was started for a usage error
 
 
+def test_a_message_over_the_line_limit_is_refused_as_too_large_not_as_a_dead_daemon(daemon: DaemonProcess) -> None:
+    result = run(daemon, "--json", "send", "somepeer", "-", stdin="a" * (2 * MIB))
+    assert result.returncode == 1, result.stderr
+    error = json_out(result)["error"]
+    assert error["type"] == "agentroom.LimitExceeded"
+    assert "too large" in error["message"]
+    assert run(daemon, "--json", "whoami").returncode == 0  # the daemon never saw it and is fine
+
+
 def test_arguments_that_are_not_utf8_are_a_usage_error_not_a_traceback(daemon: DaemonProcess) -> None:
     for argv in ([b"--json", b"send", b"somepeer", b"caf\xe9"], [b"--json", b"send", b"p\xe9er", b"hi"],
                  [b"--json", b"room", b"status", b"r\xe9"]):
