@@ -20,6 +20,7 @@ from agentroomd.control.framing import MAX_LINE_BYTES, LineBuffer, LineTooLongEr
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_S = 5.0
+MAX_WAIT_SLICE_S = 86400.0
 
 
 class DaemonUnreachableError(Exception):
@@ -123,11 +124,12 @@ class ControlClient:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            self._sock.settimeout(remaining)
+            # A socket timeout must fit a time_t (`listen --timeout 1e20`): wait in slices, the deadline decides.
+            self._sock.settimeout(None if remaining is None else min(remaining, MAX_WAIT_SLICE_S))
             try:
                 data = self._sock.recv(65536)
             except TimeoutError:
-                return None
+                continue
             except OSError as exc:
                 raise DaemonUnreachableError(f"lost the connection to agentroomd at {self.path}: {exc}") from exc
             if not data:

@@ -82,6 +82,19 @@ def test_arguments_that_are_not_utf8_are_a_usage_error_not_a_traceback(daemon: D
         assert error["type"] == "agentroomctl.Usage" and "UTF-8" in error["message"]
 
 
+def test_a_very_long_listen_timeout_waits_instead_of_crashing(daemon: DaemonProcess) -> None:
+    # The bound is `timeout` of the subprocess: listen must still be listening when it ends.
+    argv = [AGENTROOMCTL, "--home", str(daemon.home), "--no-autostart", "--json", "listen", "--timeout", "1e20"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=isolated_env()) as listen:
+        with pytest.raises(subprocess.TimeoutExpired):
+            listen.wait(timeout=2)
+        listen.terminate()
+        _out, err = listen.communicate(timeout=10)
+    assert listen.returncode == 0, err  # SIGTERM ends listen with 0
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("ttl", ["99999999999999999999d", "9" * 400])
 def test_an_invite_lifetime_beyond_what_an_invite_can_hold_is_a_usage_error(ttl: str) -> None:
     with home_dir() as home:
