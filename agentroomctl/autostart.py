@@ -71,8 +71,14 @@ def _hello(client: ControlClient) -> tuple[ControlClient, api.HelloResult]:
 
 def start_daemon(paths: Paths, timeout: float = START_TIMEOUT_S) -> None:
     """Start a detached daemon for ``paths`` and return once it is ready; raises DaemonUnreachableError."""
-    paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_fd = os.open(paths.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log_fd = os.open(paths.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DaemonUnreachableError(
+            f"cannot start agentroomd for {paths.home or paths.state_dir}: {exc.strerror or exc}: "
+            f"{exc.filename or paths.state_dir}"
+        ) from exc
     ready_read, ready_write = os.pipe()
     command = [sys.executable, "-m", "agentroomd", "run", "--ready-fd", str(ready_write)]
     if paths.home is not None:

@@ -105,4 +105,13 @@ def test_an_invite_lifetime_beyond_what_an_invite_can_hold_is_a_usage_error(ttl:
         assert lock_holder(home) is None
 
 
+def test_a_home_that_cannot_be_created_is_a_clear_error_not_a_traceback() -> None:
+    result = ctl(Path("/proc/self/no-such-dir/home"), "--json", "status")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    error = json_out(result)["error"]
+    assert error["type"] == "agentroomctl.DaemonUnreachable"
+    assert "/no-such-dir/home" in error["message"]  # /proc/self is resolved to our pid
+
+
 # ---------------------------------------------------------------------------------- the control socket
