@@ -8,6 +8,7 @@ line arriving in many small pieces costs O(n), not O(n^2) (the h11 receive-buffe
 """
 
 import json
+import re
 from typing import Any
 
 MAX_LINE_BYTES = 1 << 20
@@ -58,6 +59,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# A \uD800-\uDFFF escape: only a line holding one can decode to a string with a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
 def decode(line: bytes) -> Any:
-    """Parse one line; raises ValueError (UnicodeDecodeError and JSONDecodeError are ValueErrors)."""
-    return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    """Parse one line; raises ValueError (UnicodeDecodeError and JSONDecodeError are ValueErrors).
+
+    Also ValueError for what json.loads accepts but is not text we can use: a lone surrogate escape
+    (no UTF-8 form, so neither an answer nor a state file could carry it) and nesting too deep to parse.
+    """
+    try:
+        value = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(line):
+        _check_text(value)
+    return value
+
+
+def _check_text(value: Any) -> None:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate escape (\\uD800-\\uDFFF without its pair)") from None
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)

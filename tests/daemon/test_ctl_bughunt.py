@@ -115,3 +115,36 @@ def test_a_home_that_cannot_be_created_is_a_clear_error_not_a_traceback() -> Non
 
 
 # ---------------------------------------------------------------------------------- the control socket
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"jsonrpc":"2.0","id":"\\udfff","method":"daemon.hello"}',
+        # before the fix: an internal error (the room could not be saved), logged as a daemon bug
+        b'{"jsonrpc":"2.0","id":1,"method":"room.open","params":{"tunnel":false,"on_message":"echo \\udc80"}}',
+    ],
+)
+def test_a_lone_surrogate_is_a_parse_error_and_the_connection_stays_open(client: RawClient, line: bytes) -> None:
+    client.send_line(line)
+    reply = client.read()
+    assert reply["id"] is None
+    assert reply["error"]["code"] == -32700 and reply["error"]["data"]["type"] == "jsonrpc.ParseError"
+    assert "surrogate" in reply["error"]["message"]
+    assert client.call("daemon.hello", request_id=2)["result"]["daemon"] == "agentroomd"
+
+
+def test_a_surrogate_pair_is_text_and_answered(client: RawClient) -> None:
+    reply = client.call("message.send", {"peer": "\U0001f600", "text": "hi"})  # json.dumps escapes it as a pair
+    assert reply["error"]["data"]["type"] == "agentroom.UnknownPeer"
+    assert "\U0001f600" in reply["error"]["message"]
+
+
+def test_deeply_nested_json_is_a_parse_error_and_the_connection_stays_open(client: RawClient) -> None:
+    depth = 100_000
+    client.send_line(b'{"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"client":'
+                     + b"[" * depth + b"]" * depth + b"}}")
+    reply = client.read()
+    assert reply["id"] is None
+    assert reply["error"]["code"] == -32700 and "nested" in reply["error"]["message"]
+    assert client.call("daemon.hello", request_id=2)["result"]["daemon"] == "agentroomd"
