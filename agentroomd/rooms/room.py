@@ -369,6 +369,8 @@ class Room:
             return self.last_error or self.invite_error
         record = self.record
         tunnel = self._shown_tunnel()
+        if tunnel is not None and tunnel.state is TunnelState.FATAL:  # not retried: it needs the user
+            return f"the tunnel cannot start: {tunnel.last_error or 'see the daemon log'}"
         if record.peer is not None and tunnel is not None and tunnel.url and tunnel.url != record.invite_relay:
             return (
                 f"the tunnel URL changed to {tunnel.url}, but the guest only knows {record.invite_relay}: "

@@ -7,11 +7,14 @@ import signal
 import sys
 from pathlib import Path
 
+from support.fake_cloudflared import install_fake_cloudflared
 from support.handlers import ECHO
 from support.home import homes
+from support.waiting import eventually
 
 from agentroomd.handlers import HandlerLimits, HandlerOutcome, run_handler
 
+FAST_TUNNEL = "[tunnel]\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.1\nkill_grace_s = 0.5\n"
 ENV = {"AGENTROOM_FROM": "peerPK", "AGENTROOM_ROOM": "room1", "AGENTROOM_MSG_ID": "m-1", "AGENTROOM_TURN": "1"}
 
 
@@ -55,3 +58,19 @@ def test_a_saved_room_or_handler_with_an_impossible_value_is_reported_and_the_da
         assert str(attached) in unreadable["error"] and "empty" in unreadable["error"]
         assert host.json("status")["services"]["rooms"]["handlers"] == []
         assert host.json("room", "stop", bad["room_id"]) == {"stopped": [bad["room_id"]]}
+
+
+def test_a_room_whose_tunnel_cannot_start_after_a_restart_says_so_in_its_last_error(tmp_path: Path) -> None:
+    # e.g. the daemon now runs under systemd with another PATH: the saved invite names a dead quick-tunnel URL,
+    # and retrying cannot help (FATAL). `last_error` ("what is wrong now") used to stay null.
+    fake = install_fake_cloudflared(tmp_path)
+    with homes(FAST_TUNNEL, AGENTROOM_CLOUDFLARED=str(fake.binary)) as (host,):
+        host.start()
+        room = host.json("room", "open")
+        assert room["last_error"] is None
+        assert host.stop() == 0
+        host.start(extra_env={"AGENTROOM_CLOUDFLARED": str(tmp_path / "gone")})
+        status = eventually(lambda: (r := host.room())["tunnel"]["state"] == "fatal" and r, what="the fatal tunnel")
+        assert status["last_error"] is not None
+        assert "is not an executable file" in status["last_error"] and "install cloudflared" in status["last_error"]
+    fake.assert_none_left()
