@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = exitcodes.HINTS.get(exc.type)
         return _fail(as_json, exc.message, exitcodes.for_error_type(exc.type), exc.type, hint, exc.data)
     except KeyboardInterrupt:
-        return exitcodes.OK
+        if args.command in ("listen", "serve"):
+            return exitcodes.OK  # their normal end
+        message = "interrupted before agentroomd answered; what was asked may still be carried out"
+        return _fail(as_json, message, exitcodes.INTERRUPTED, "agentroomctl.Interrupted")
     except BrokenPipeError:
         # stdout was closed by the reader (e.g. `| head -1`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

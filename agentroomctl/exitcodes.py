@@ -9,6 +9,7 @@ TIMEOUT = 5  # a bounded wait ended first (listen --count ... --timeout, stop wa
 RELAY = 6  # the relay is unreachable or refused us
 INVITE = 7  # the invite is malformed, has a bad signature, expired, or was already used
 NOT_IMPLEMENTED = 8  # this agentroomd does not implement the command yet
+INTERRUPTED = 130  # Ctrl-C before the answer (the shell's 128 + SIGINT); `listen` and `serve` end with 0 instead
 
 SUMMARY = """exit codes:
   0  ok
@@ -19,7 +20,8 @@ SUMMARY = """exit codes:
   5  timeout: a bounded wait ended first
   6  relay unreachable or refused
   7  invite rejected: malformed, bad signature, expired or already used
-  8  not implemented by this agentroomd yet"""
+  8  not implemented by this agentroomd yet
+130  interrupted (Ctrl-C) before agentroomd answered; listen and serve exit 0"""
 
 BY_ERROR_TYPE = {
     "jsonrpc.InvalidParams": USAGE,

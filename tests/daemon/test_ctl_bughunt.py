@@ -5,6 +5,8 @@ One real daemon (module scope) serves the tests that need one; every agentroomct
 """
 
 import json
+import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +150,21 @@ def test_deeply_nested_json_is_a_parse_error_and_the_connection_stays_open(clien
     assert reply["id"] is None
     assert reply["error"]["code"] == -32700 and "nested" in reply["error"]["message"]
     assert client.call("daemon.hello", request_id=2)["result"]["daemon"] == "agentroomd"
+
+
+def test_ctrl_c_before_the_answer_is_not_success() -> None:
+    """`invite create` waits for a relay that never speaks; Ctrl-C then must not look like a created invite."""
+    with home_dir() as home, socket.create_server(("127.0.0.1", 0)) as silent_relay:
+        (home / "agentroom.toml").write_text("[daemon]\nshutdown_grace_s = 1\n")  # teardown need not wait for it
+        port = silent_relay.getsockname()[1]
+        argv = [AGENTROOMCTL, "--home", str(home), "--json", "invite", "create", "--relay", f"ws://127.0.0.1:{port}/ws"]
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=isolated_env()) as create:
+            silent_relay.settimeout(20)
+            connection, _ = silent_relay.accept()  # the daemon is at the relay: the CLI waits for its answer
+            with connection:
+                create.send_signal(signal.SIGINT)
+                out, err = create.communicate(timeout=10)
+    assert create.returncode == 130, err
+    assert json.loads(out)["error"]["type"] == "agentroomctl.Interrupted"
+    assert "Traceback" not in err
