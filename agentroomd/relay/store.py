@@ -295,18 +295,26 @@ class RelayStore:
         return ord_
 
     async def fetch_pending(self, to_pk: str, after_ord: int, limit: int, not_before_s: int) -> list[PendingRow]:
-        """Up to ``limit`` rows for ``to_pk`` after ``after_ord``, oldest first, younger than the TTL."""
+        """Up to ``limit`` rows for ``to_pk`` after ``after_ord``, oldest first, younger than the TTL.
 
-        def body() -> list[PendingRow]:
+        Empty only when there is no such row: a batch made only of rows waiting for deletion (hidden) is
+        skipped, never answered as "nothing left", which a store pump would take for "caught up".
+        """
+
+        def body(after: int) -> list[PendingRow]:
             rows = self._conn.execute(
                 "SELECT ord, id, envelope FROM pending_messages"
                 " WHERE to_pk = ? AND ord > ? AND created_at >= ? ORDER BY ord LIMIT ?",
-                (to_pk, after_ord, not_before_s, limit),
+                (to_pk, after, not_before_s, limit),
             ).fetchall()
             return [PendingRow(ord, row_id, envelope) for ord, row_id, envelope in rows]
 
-        rows = await self._run_inline("fetch_pending", body)
-        return [row for row in rows if (to_pk, row.id) not in self._discards]
+        while True:
+            rows = await self._run_inline("fetch_pending", body, after_ord)
+            visible = [row for row in rows if (to_pk, row.id) not in self._discards]
+            if visible or len(rows) < limit:
+                return visible
+            after_ord = rows[-1].ord
 
     async def pending_count(self, to_pk: str) -> int:
         def body() -> int:

@@ -9,6 +9,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from relay_support import (
     Agent,
     authenticated,
@@ -21,8 +22,10 @@ from relay_support import (
     pending_rows,
 )
 
+from agentroomd.relay import store as store_module
+from agentroomd.relay.connection import PUMP_BATCH
 from agentroomd.relay.server import RelayHandle
-from ratchet.frames import Delivery, HelloAck, serialize_frame
+from ratchet.frames import Ack, Delivery, HelloAck, serialize_frame
 
 LONE = "\\ud800"  # as written inside a JSON string: decodes to the lone surrogate U+D800
 
@@ -89,3 +92,36 @@ async def test_a_lone_surrogate_in_hello_ed25519_pk_is_a_bad_frame(relay: RelayH
         await client.send(alice.hello(await fetch_challenge(relay)))
         await client.expect(HelloAck)
         await client.round_trip()
+
+
+async def test_a_reconnect_gets_its_queue_while_a_batch_of_released_rows_is_not_yet_deleted(
+    relay: RelayHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Released rows (acknowledged, or written in reference mode) are hidden until their deletion commits.
+
+    Before the fix, a store pump whose first batch (PUMP_BATCH rows) was all hidden took the empty
+    answer for "caught up": the rows behind it were not delivered on that connection at all, and a
+    newer frame overtook them. Deletions are gathered for a moment (and retried for as long as the
+    database refuses writes, e.g. a full disk); the gathering is stretched here so the window stays open.
+    """
+    monkeypatch.setattr(store_module, "DISCARD_GATHER_S", 60.0)
+    alice, bob = Agent(), Agent()
+    released, kept = PUMP_BATCH + 6, 4
+    async with authenticated(relay, alice) as (a, _):
+        sent = []
+        for i in range(released + kept):
+            frame = alice.msg(bob.pk, f"queued {i}")
+            await a.send(frame)
+            await a.expect_ack(frame.msg_id, "queued")
+            sent.append(frame)
+        async with authenticated(relay, bob, acks_deliveries=True) as (b, _):
+            await b.deliveries(released, ack=True)
+            await b.deliveries(kept)  # delivered, never acknowledged: due again on the next connection
+            await b.round_trip()
+        async with authenticated(relay, bob, acks_deliveries=True) as (b, _):
+            again = await b.deliveries(kept)
+            assert [d.routed for d in again] == sent[released:]
+            live = alice.msg(bob.pk, "after the reconnect")
+            await a.send(live)
+            await a.expect(Ack)
+            assert (await b.expect(Delivery)).routed == live
