@@ -16,6 +16,7 @@ from agentroomd.context import DaemonContext
 from agentroomd.control import api
 from agentroomd.control.rpc import Caller
 from agentroomd.files import ensure_private_dir
+from ratchet.frames import MAX_SAFE_INTEGER
 
 CLIENT_DB = "client.db"
 
@@ -118,6 +119,8 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
         ttl_ms = params.ttl_ms if params.ttl_ms is not None else ctx.config.client.invite_ttl_s * 1000
         if ttl_ms <= 0:
             raise api.RpcError(api.INVALID_PARAMS, "ttl must be positive")
+        if ttl_ms > MAX_SAFE_INTEGER - manager.clock_ms():
+            raise api.RpcError(api.INVALID_PARAMS, "ttl too long: the invite's expiry must stay below 2**53 ms")
         version = protocol_version(params.compat)
         try:
             invite = await manager.create_invite(relay, ttl_ms, timeout_s=timeout, version=version)

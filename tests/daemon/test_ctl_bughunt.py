@@ -142,6 +142,13 @@ def test_a_surrogate_pair_is_text_and_answered(client: RawClient) -> None:
     assert "\U0001f600" in reply["error"]["message"]
 
 
+def test_an_invite_lifetime_past_a_safe_expiry_is_invalid_params_over_the_socket(client: RawClient) -> None:
+    # agentroomctl refuses it itself; a script talking to the socket got an internal error before
+    reply = client.call("invite.create", {"relay": "ws://127.0.0.1:9/ws", "ttl_ms": 2**53})
+    assert reply["error"]["data"]["type"] == "jsonrpc.InvalidParams"
+    assert "ttl" in reply["error"]["message"]
+
+
 def test_deeply_nested_json_is_a_parse_error_and_the_connection_stays_open(client: RawClient) -> None:
     depth = 100_000
     client.send_line(b'{"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"client":'
