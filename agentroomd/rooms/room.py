@@ -214,6 +214,7 @@ class Room:
             with trio.move_on_after(STOP_NOTICE_S):
                 await self._say_goodbye(peer)
         self.scope.cancel()
+        self._changed()  # a `room.open` still waiting for this room's invite must not wait for it any more
         if self._hosting:
             await self.finished.wait()
         if self.local_url is not None:
@@ -344,6 +345,8 @@ class Room:
             raise failure
 
     def _open_failure(self) -> api.RpcError | None:
+        if self.scope.cancel_called:
+            return api.RpcError(api.INVALID_STATE, "the room was stopped before its invite was out")
         tunnel = self.tunnel.status.value if self.tunnel is not None else None
         if tunnel is not None and tunnel.state is TunnelState.FATAL:
             return api.RpcError(api.TUNNEL_UNAVAILABLE, tunnel.last_error or "the tunnel cannot start")

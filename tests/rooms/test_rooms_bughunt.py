@@ -4,9 +4,11 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
+from support.env import AGENTROOMCTL
 from support.fake_cloudflared import install_fake_cloudflared
 from support.handlers import ECHO
 from support.home import homes
@@ -73,4 +75,31 @@ def test_a_room_whose_tunnel_cannot_start_after_a_restart_says_so_in_its_last_er
         status = eventually(lambda: (r := host.room())["tunnel"]["state"] == "fatal" and r, what="the fatal tunnel")
         assert status["last_error"] is not None
         assert "is not an executable file" in status["last_error"] and "install cloudflared" in status["last_error"]
+    fake.assert_none_left()
+
+
+def test_stopping_a_room_that_is_still_opening_ends_the_open_at_once(tmp_path: Path) -> None:
+    # The tunnel is slow to give a URL, so `room open` waits (up to 30 s + 2 x url_timeout_s); meanwhile
+    # `room stop --all` (a script cleaning up, another terminal) stops that room. The open used to wait out
+    # its whole timeout for an invite that could no longer come, then blame the tunnel.
+    fake = install_fake_cloudflared(tmp_path)
+    fake.set_mode("silent")
+    config = FAST_TUNNEL + "url_timeout_s = 20.0\n"
+    with homes(config, AGENTROOM_CLOUDFLARED=str(fake.binary)) as (host,):
+        host.start()
+        opener = subprocess.Popen([AGENTROOMCTL, "--home", str(host.path), "--no-autostart", "--json", "room", "open"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=host.env)
+        try:
+            [room] = eventually(lambda: (rooms := host.json("room", "list")["rooms"]) and fake.running() and rooms,
+                                what="the room to be opening, its tunnel started")
+            assert room["state"] == "starting"
+            assert host.json("room", "stop", "--all") == {"stopped": [room["room_id"]]}
+            out, _ = opener.communicate(timeout=8)
+        finally:
+            if opener.poll() is None:
+                opener.kill()
+                opener.communicate()
+        error = json.loads(out)["error"]
+        assert opener.returncode != 0 and "stopped" in error["message"]
+        assert host.json("room", "list") == {"rooms": []}
     fake.assert_none_left()
