@@ -117,7 +117,7 @@ class MethodRegistry:
         if self.closing and method not in ALLOWED_WHILE_CLOSING:
             raise RpcError(api.SHUTTING_DOWN, "agentroomd is shutting down; retry once it has been restarted")
         if not isinstance(params, dict):
-            raise RpcError(api.INVALID_PARAMS, "params must be an object (by name); arrays are not supported")
+            raise RpcError(api.INVALID_PARAMS, f"params must be an object (by name), not {_json_kind(params)}")
         try:
             typed = api.params_converter.structure(params, entry.spec.params)
         except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
@@ -146,3 +146,14 @@ class MethodRegistry:
 
 def _valid_id(value: Any) -> bool:
     return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is called in JSON's own words (for error messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list) else "a string"

@@ -149,6 +149,14 @@ def test_an_invite_lifetime_past_a_safe_expiry_is_invalid_params_over_the_socket
     assert "ttl" in reply["error"]["message"]
 
 
+@pytest.mark.parametrize(("params", "kind"), [(None, "null"), ([1], "an array"), ("x", "a string"), (3, "a number")])
+def test_params_that_are_not_an_object_are_named(client: RawClient, params: object, kind: str) -> None:
+    client.send_json({"jsonrpc": "2.0", "id": 1, "method": "daemon.hello", "params": params})
+    error = client.read()["error"]
+    assert error["data"]["type"] == "jsonrpc.InvalidParams"
+    assert error["message"] == f"params must be an object (by name), not {kind}"
+
+
 def test_deeply_nested_json_is_a_parse_error_and_the_connection_stays_open(client: RawClient) -> None:
     depth = 100_000
     client.send_line(b'{"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"client":'
