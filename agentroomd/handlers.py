@@ -243,8 +243,9 @@ async def run_handler(
                     if not stdout.overflowed:
                         await process.wait()  # stdout closed early is not the end: wait for the exit
                 timed_out = deadline.cancelled_caught
-                if timed_out or stdout.overflowed:
-                    nursery.cancel_scope.cancel()  # run_process delivers TERM/KILL and reaps the child
+                # Timed out or over the cap: run_process delivers TERM/KILL and reaps the child. Exited: all
+                # that can be left is feeding stdin to a child outside the group that holds it and never reads.
+                nursery.cancel_scope.cancel()
     except* OSError as group:
         spawn_error = "; ".join(str(exc) for exc in group.exceptions)
     finally:

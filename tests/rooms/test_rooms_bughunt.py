@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trio
 from support.env import AGENTROOMCTL
 from support.fake_cloudflared import install_fake_cloudflared
 from support.handlers import ECHO
@@ -37,6 +38,25 @@ async def test_a_handler_whose_child_left_its_group_still_replies_at_once(scratc
     assert not result.timed_out
     assert result.duration_s < 4
 
+
+
+async def test_a_handler_whose_detached_child_holds_an_unread_message_on_stdin_still_finishes(scratch: Path) -> None:
+    # A Python handler that starts a helper in a session of its own (Popen(start_new_session=True) inherits
+    # stdin) and replies without reading a long message: feeding the rest of the message used to wait for
+    # that helper forever, past any timeout, and the peer's later messages were never handled.
+    pidfile = scratch / "helper.pid"
+    helper = (f"import subprocess; p = subprocess.Popen(['sleep', '60'], start_new_session=True); "
+              f"open('{pidfile}', 'w').write(str(p.pid)); print('hi')")
+    try:
+        with trio.fail_after(8):
+            result = await run_handler(f'{sys.executable} -c "{helper}"', "x" * (1 << 20), ENV,
+                                       HandlerLimits(timeout_s=4.0, kill_grace_s=0.2))
+    finally:
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert (result.outcome, result.reply, result.exit_code) == (HandlerOutcome.REPLY, "hi", 0)
+    assert result.duration_s < 4
 
 def test_a_saved_room_or_handler_with_an_impossible_value_is_reported_and_the_daemon_still_starts() -> None:
     with homes("") as (host,):
