@@ -52,6 +52,7 @@ from agentroomd.rooms.state import (
     write_closed_relays,
 )
 from agentroomd.tunnel import TunnelConfig, TunnelError, resolve_cloudflared
+from ratchet.frames import MAX_SAFE_INTEGER
 
 OPEN_TIMEOUT_S = 30.0  # without a tunnel: the relay, our connection to it and the invite
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -259,6 +260,8 @@ class RoomsService:
             problems.append("port: must be 1..65535, or 0 for any free port")
         if params.ttl_ms is not None and params.ttl_ms <= 0:
             problems.append("ttl_ms: must be positive")
+        elif params.ttl_ms is not None and params.ttl_ms > MAX_SAFE_INTEGER - self.sessions.clock_ms():
+            problems.append("ttl_ms: too long, the invite's expiry must stay below 2**53 ms")
         if params.name is not None and not NAME_PATTERN.fullmatch(params.name):
             problems.append("name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if problems:

@@ -13,6 +13,7 @@ from support.env import AGENTROOMCTL
 from support.fake_cloudflared import install_fake_cloudflared
 from support.handlers import ECHO
 from support.home import homes
+from support.raw_control import RawClient
 from support.waiting import eventually
 
 from agentroomd.handlers import HandlerLimits, HandlerOutcome, run_handler
@@ -123,3 +124,18 @@ def test_stopping_a_room_that_is_still_opening_ends_the_open_at_once(tmp_path: P
         assert opener.returncode != 0 and "stopped" in error["message"]
         assert host.json("room", "list") == {"rooms": []}
     fake.assert_none_left()
+
+
+def test_a_room_invite_lifetime_past_a_safe_expiry_is_invalid_params() -> None:
+    # agentroomctl refuses it itself; over the socket it used to fail late, as InvalidState with a traceback
+    with homes("") as (host,):
+        host.start()
+        client = RawClient(host.path / "agentroomd.sock")
+        try:
+            error = client.call("room.open", {"tunnel": False, "ttl_ms": 2**53})["error"]
+        finally:
+            client.close()
+        assert error["data"]["type"] == "jsonrpc.InvalidParams", error
+        assert error["data"]["errors"] == ["ttl_ms: too long, the invite's expiry must stay below 2**53 ms"]
+        assert host.json("room", "list")["rooms"] == []
+        assert "Traceback" not in host.log()
