@@ -478,8 +478,8 @@ class RoomsService:
                         if event["type"] in ("done", "closed"):
                             break
                 nursery.cancel_scope.cancel()
-        except ConnectionGoneError:
-            pass  # the serve's client left: the serve ends with it
+        except* ConnectionGoneError:
+            pass  # the serve's client left: the serve ends with it (raised in the nursery: in a group)
         finally:
             serve.events.channel.close()
             self.serves.pop(serve.serve_id, None)
