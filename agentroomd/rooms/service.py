@@ -147,6 +147,11 @@ class RoomsService:
                 continue
             try:
                 record = decode(path, RoomRecord)
+                if record.room_id != directory.name:  # `room stop` removes rooms/<room_id>: it must be this one
+                    raise StateError(
+                        f"{path} names room {record.room_id!r} but lies in {directory.name}/ (a copied or renamed "
+                        "directory?); move it away to start without it"
+                    )
                 room = Room(RecordFile(path, record), directory, self.deps)
             except (StateError, ValueError) as exc:
                 self.broken[directory.name] = _unusable(path, exc)

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,3 +140,23 @@ def test_a_room_invite_lifetime_past_a_safe_expiry_is_invalid_params() -> None:
         assert error["data"]["errors"] == ["ttl_ms: too long, the invite's expiry must stay below 2**53 ms"]
         assert host.json("room", "list")["rooms"] == []
         assert "Traceback" not in host.log()
+
+
+def test_a_copied_room_directory_is_reported_and_the_original_room_keeps_working() -> None:
+    # Two directories naming one room: both were hosted, the copy hid the original in the daemon's table
+    # (one of them failed on the port for ever and `room stop` could not reach it).
+    with homes("") as (host,):
+        host.start()
+        room = host.json("room", "open", "--no-tunnel")
+        assert host.stop() == 0
+        rooms_dir = host.path / "rooms"
+        shutil.copytree(rooms_dir / room["room_id"], rooms_dir / "copy-of-room")
+        host.start()
+        listed = {r["room_id"]: r for r in host.json("room", "list")["rooms"]}
+        assert set(listed) == {room["room_id"], "copy-of-room"}
+        assert listed[room["room_id"]]["state"] == "waiting" and listed[room["room_id"]]["port"] == room["port"]
+        copy = listed["copy-of-room"]
+        assert copy["state"] == "failed" and f"names room {room['room_id']!r}" in copy["last_error"]
+        host.json("room", "stop", "copy-of-room")
+        assert not (rooms_dir / "copy-of-room").exists()
+        assert [r["room_id"] for r in host.json("room", "list")["rooms"]] == [room["room_id"]]
