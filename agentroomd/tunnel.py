@@ -23,7 +23,8 @@ Supervision (the supervisord state machine, kept retrying because network loss i
 STARTING → RUNNING when a URL appears → BACKOFF when the process exits or prints no URL within
 ``url_timeout_s`` → sleep ``min(cap, initial·2^(n-1))·uniform(0.5, 1)`` → STARTING again. ``n`` counts
 consecutive failures and starts over after a run that lasted ``stable_after_s``. FATAL is reserved for
-what retrying cannot fix (no binary). A later URL line (the provider moved us) is published too.
+what retrying cannot fix (no binary, or one the system cannot execute). A later URL line (the provider
+moved us) is published too.
 Subscribers read `TunnelSupervisor.status`, an `ObservableValue` with the latest state.
 
 The process runs in its own process group; cancelling `run` stops the whole group (TERM, grace, KILL).
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import itertools
 import os
 import random
@@ -62,6 +64,9 @@ T = TypeVar("T")
 QUICK_TUNNEL_URL = re.compile(r"https://(?!api\.)[a-z0-9-]+\.trycloudflare\.com(?![\w.:/-])")
 DEFAULT_COMMAND_URL = r"(?:https|wss)://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?"
 MAX_LINE = 8192
+# A spawn that fails this way fails again however often it is retried (a binary for another machine,
+# a script without its interpreter, a file that is not executable): FATAL at once, not BACKOFF for ever.
+_UNRUNNABLE = frozenset({errno.ENOEXEC, errno.EACCES, errno.ELIBBAD})
 CLOUDFLARED_INSTALL_HINT = (
     "install cloudflared (https://developers.cloudflare.com/cloudflare-one/connections/connect-networks/"
     "downloads/: `brew install cloudflared`, the .deb/.rpm or binary from "
@@ -324,7 +329,12 @@ class TunnelSupervisor:
         for restarts in itertools.count():
             started_at = trio.current_time()
             self._publish(state=TunnelState.STARTING, url=None, public_url=None, restarts=restarts)
-            error = await self._run_once(argv)
+            try:
+                error = await self._run_once(argv)
+            except TunnelError as exc:  # the binary itself cannot run: retrying changes nothing
+                self._log.error("tunnel_fatal", room=self._label, error=str(exc))
+                self._publish(state=TunnelState.FATAL, url=None, public_url=None, last_error=str(exc))
+                return
             failures = 1 if trio.current_time() - started_at >= self.config.stable_after_s else failures + 1
             delay = backoff_delay(failures, self.config.backoff_initial_s, self.config.backoff_max_s, self._rng)
             self._publish(
@@ -388,7 +398,10 @@ class TunnelSupervisor:
                 await process.wait()
                 nursery.cancel_scope.cancel()  # the deadline task
         except* OSError as group:
-            reason = f"could not start {self._name}: {group.exceptions[0]}"
+            error = group.exceptions[0]
+            reason = f"could not start {self._name}: {error}"
+            if isinstance(error, OSError) and error.errno in _UNRUNNABLE:
+                raise TunnelError(f"{reason} (not a program this machine can run: replace it)") from None
         else:
             if no_url_in_time:
                 reason = f"{self._name} printed no public URL within {self.config.url_timeout_s:g}s"

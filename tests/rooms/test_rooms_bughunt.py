@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -160,3 +161,20 @@ def test_a_copied_room_directory_is_reported_and_the_original_room_keeps_working
         host.json("room", "stop", "copy-of-room")
         assert not (rooms_dir / "copy-of-room").exists()
         assert [r["room_id"] for r in host.json("room", "list")["rooms"]] == [room["room_id"]]
+
+
+def test_a_cloudflared_this_machine_cannot_run_fails_the_room_at_once(tmp_path: Path) -> None:
+    # A binary for another machine (or a script without its #! line) fails to start every time: the room
+    # used to retry it in BACKOFF until `room open` timed out (30 s plus twice url_timeout_s).
+    foreign = tmp_path / "cloudflared"
+    foreign.write_bytes(b"\x7fELF\x02\x01\x01 built for some other machine")
+    foreign.chmod(0o755)
+    with homes("", AGENTROOM_CLOUDFLARED=str(foreign)) as (host,):
+        host.start()
+        started = time.monotonic()
+        refused = host.ctl("--json", "room", "open", check=False)
+        assert time.monotonic() - started < 15
+        error = json.loads(refused.stdout)["error"]
+        assert (refused.returncode, error["type"]) == (1, "agentroom.TunnelUnavailable")
+        assert "Exec format error" in error["message"] and "not a program this machine can run" in error["message"]
+        assert host.json("room", "list") == {"rooms": []}
