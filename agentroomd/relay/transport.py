@@ -16,7 +16,8 @@ and changes only how the bytes of a write reach the socket:
 * whatever the kernel did not take (a full socket buffer) is written exactly as hypercorn writes it:
   under its lock, in a shielded `send_all`, so the caller waits until the peer reads (backpressure,
   and the order of writes, are unchanged: a write that finds the lock held goes behind it);
-* a socket error is what `send_all`'s BrokenResourceError is to hypercorn: the connection is closed.
+* a socket error is what `send_all`'s BrokenResourceError is to hypercorn: the connection is closed,
+  but reported from a task of its own rather than inside the failed write (`_report_broken_stream`).
 
 A write that returns has its bytes in the kernel, as before. The descriptor is looked up on every
 write (never cached), so a closed socket reads as -1 and fails instead of reaching a reused number.
@@ -34,31 +35,49 @@ from hypercorn.trio.tcp_server import TCPServer
 class FastWriteTCPServer(TCPServer):
     """`TCPServer` whose writes skip trio's scheduler when the socket takes them whole (see the module doc)."""
 
+    _broken_reported = False
+
     async def protocol_send(self, event: Event) -> None:
         lock = self.send_lock
-        if type(event) is not RawData or lock.locked():
+        if type(event) is not RawData:
             await super().protocol_send(event)
             return
         data = event.data
-        try:
-            sent = os.write(self.stream.socket.fileno(), data)
-        except BlockingIOError:
+        if lock.locked():
             sent = 0
-        except OSError:
-            sent = -1  # EPIPE, ECONNRESET, or EBADF once closed
-        if sent == len(data):
-            return
-        # Nothing yielded since the lock was seen free, so it is taken without waiting, and without a
-        # cancellation point: a frame that is partly written must be finished, or the stream is garbage.
-        lock.acquire_nowait()
-        try:
-            if sent < 0:
-                await self.protocol.handle(Closed())  # hypercorn's answer to a broken stream
+            await lock.acquire()  # behind the write in progress, as hypercorn's `async with self.send_lock`
+        else:
+            try:
+                sent = os.write(self.stream.socket.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = -1  # EPIPE, ECONNRESET, or EBADF once closed
+            if sent == len(data):
                 return
-            # The socket buffer is full: the rest goes out the way hypercorn writes everything.
-            with trio.CancelScope(shield=True):
-                await self.stream.send_all(memoryview(data)[sent:])
+            # Nothing yielded since the lock was seen free, so it is taken without waiting, and without a
+            # cancellation point: a frame that is partly written must be finished, or the stream is garbage.
+            lock.acquire_nowait()
+        try:
+            if sent >= 0:
+                # The socket buffer is full: the rest goes out the way hypercorn writes everything.
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(memoryview(data)[sent:])
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.protocol.handle(Closed())
+            pass
         finally:
             lock.release()
+        self._report_broken_stream()
+
+    def _report_broken_stream(self) -> None:
+        """hypercorn's answer to a broken stream, `protocol.handle(Closed())`, in a task of its own, once.
+
+        hypercorn awaits it right in the failed write, which is the app's own `send`; it ends by putting
+        "websocket.disconnect" into the app's queue of received messages. If that queue is full (a client
+        that sent frames without reading the answers), only the app can empty it, and the app is waiting
+        for its write: the connection would never end.
+        """
+        if not self._broken_reported:
+            self._broken_reported = True
+            self._task_group.spawn(self.protocol.handle, Closed())

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import trio
 from relay_support import (
     Agent,
     authenticated,
@@ -20,6 +21,8 @@ from relay_support import (
     new_id,
     now_ms,
     pending_rows,
+    ping,
+    stalled_client,
 )
 
 from agentroomd.relay import store as store_module
@@ -125,3 +128,26 @@ async def test_a_reconnect_gets_its_queue_while_a_batch_of_released_rows_is_not_
             await a.send(live)
             await a.expect(Ack)
             assert (await b.expect(Delivery)).routed == live
+
+
+async def test_a_client_that_floods_without_reading_and_then_vanishes_is_let_go(relay: RelayHandle) -> None:
+    """Before the fix its connection stayed forever (a slot of max_connections, a socket, two tasks).
+
+    The client sends frames and never reads the answers, so the relay's write of an answer waits for
+    room, and hypercorn's queue of received messages for the app fills up. When the client then drops
+    its socket, the write fails, and hypercorn reported that inline, from the app's own write, by
+    putting "websocket.disconnect" into that full queue: a queue only the blocked task itself could
+    empty. (hypercorn's own TCPServer does the same.)
+    """
+    async with stalled_client(relay, Agent()) as client:
+        for _ in range(100_000):
+            with trio.move_on_after(0.5) as blocked:
+                await client.send(ping())
+            if blocked.cancelled_caught:
+                break  # the relay has stopped reading: its answers are backed up
+        assert blocked.cancelled_caught
+        assert len(relay.app.connections) == 1
+    with trio.fail_after(5):
+        await relay.app._all_closed.wait()  # every socket gone
+    health = await get_json(relay, "/health")
+    assert health["connections"] == 0
