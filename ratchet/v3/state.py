@@ -24,7 +24,7 @@ from ratchet.keys import x25519_public
 from ratchet.statefile import load_json, strict_converter
 from ratchet.v3.errors import MalformedFrameError, StateFormatError
 from ratchet.v3.handshake import PendingHandshake
-from ratchet.v3.invite import INVITE_SECRET_BYTES, InviteRegistry, IssuedInvite, RedeemedInvite
+from ratchet.v3.invite import INVITE_SECRET_BYTES, MAX_SERVER_URL_BYTES, InviteRegistry, IssuedInvite, RedeemedInvite
 from ratchet.v3.session import (
     COUNTER_LIMIT,
     MAX_RETIRED_RATCHET_KEYS,
@@ -239,8 +239,7 @@ def session_from_json(data: bytes) -> Session:
         raise StateFormatError("a skipped key is stored twice")
     if len(doc.retired_ratchet_pks) > MAX_RETIRED_RATCHET_KEYS:
         raise StateFormatError(f"at most {MAX_RETIRED_RATCHET_KEYS} retired ratchet keys can be stored")
-    if not 0 <= doc.features <= 0xFFFF:
-        raise StateFormatError("features out of range 0..65535")
+    _features(doc.features, "features")
     return Session(
         own_pk=own_pk,
         peer_pk=peer_pk,
@@ -294,8 +293,8 @@ def pending_from_json(data: bytes) -> PendingHandshake:
     for text, what in ((doc.claim.ciphertext, "claim.ciphertext"), (doc.claim.nonce, "claim.nonce")):
         _bytes(text, what, None)
     _bytes(doc.claim.sig, "claim.sig", 64)
-    if not doc.server_url:
-        raise StateFormatError("server_url is empty")
+    _server_url(doc.server_url, "server_url")
+    _features(doc.features, "features")
     return PendingHandshake(
         own_pk=own_pk,
         inviter_pk=_pk(doc.inviter_pk, "inviter_pk"),
@@ -336,8 +335,8 @@ def registry_from_json(data: bytes) -> InviteRegistry:
             invite_id=_invite_id(i.invite_id, f"issued[{n}].invite_id"),
             secret=_key(i.secret, f"issued[{n}].secret", INVITE_SECRET_BYTES),
             expires_at=_time(i.expires_at, f"issued[{n}].expires_at"),
-            server_url=i.server_url,
-            features=i.features,
+            server_url=_server_url(i.server_url, f"issued[{n}].server_url"),
+            features=_features(i.features, f"issued[{n}].features"),
             created_at=_time(i.created_at, f"issued[{n}].created_at"),
         )
         for n, i in enumerate(doc.issued)
@@ -424,6 +423,24 @@ def _time(value: int, what: str) -> int:
     if not 0 <= value <= MAX_SAFE_INTEGER:
         raise StateFormatError(f"{what} = {value} is not a time in milliseconds")
     return value
+
+
+def _features(value: int, what: str) -> int:
+    """Feature bits travel as u16 (invite, handshake payloads): anything wider cannot be bound or sent."""
+    if not 0 <= value <= 0xFFFF:
+        raise StateFormatError(f"{what} = {value} out of range 0..65535")
+    return value
+
+
+def _server_url(text: str, what: str) -> str:
+    """What `invite_binding` accepts (1..2048 bytes of UTF-8), so a loaded invite can always be bound."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate, which JSON can spell as \udXXX
+        raise StateFormatError(f"{what}: not Unicode text") from exc
+    if not 0 < size <= MAX_SERVER_URL_BYTES:
+        raise StateFormatError(f"{what}: must be 1..{MAX_SERVER_URL_BYTES} bytes of UTF-8, got {size}")
+    return text
 
 
 def _invite_id(text: str, what: str) -> str:

@@ -1,0 +1,116 @@
+"""Defects found by hunting for hostile input the protocol core mishandled; one test per defect.
+
+Each test failed before its fix. The inputs are what a hostile peer, a hostile relay or a damaged
+file can produce; the expectation is always the documented one: a `RatchetError` subclass (never a
+stray ValueError, struct.error or UnicodeError), and a state that keeps working afterwards.
+"""
+
+import hashlib
+import json
+import uuid
+
+import pytest
+
+from ratchet.keys import KeyPair
+from ratchet.v3 import (
+    InviteRegistry,
+    invite_url,
+    issue_invite,
+    parse_invite_url,
+    respond,
+    start_handshake,
+)
+from ratchet.v3.errors import StateFormatError
+from ratchet.v3.state import pending_from_json, pending_to_json, registry_from_json, registry_to_json
+from ratchet.v3.wire import RoutedFields, b64u
+
+NOW = 1_768_000_000_000
+RELAY = "wss://relay.example/ws"
+
+
+class _Seeded:
+    """A deterministic `RandomSource` (never for production); ``reuse`` replays one X25519 secret."""
+
+    def __init__(self, seed: str, reuse: bytes | None = None) -> None:
+        self._key = hashlib.blake2b(seed.encode(), digest_size=32).digest()
+        self._count = 0
+        self._reuse = reuse
+
+    def random_bytes(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            self._count += 1
+            out += hashlib.blake2b(self._count.to_bytes(8, "big"), key=self._key).digest()
+        return out[:n]
+
+    def ed25519_seed(self) -> bytes:
+        return self.random_bytes(32)
+
+    def x25519_secret(self) -> bytes:
+        return self._reuse if self._reuse is not None else self.random_bytes(32)
+
+    def uuid4(self) -> str:
+        return str(uuid.UUID(bytes=self.random_bytes(16), version=4))
+
+
+def _identity(name: str) -> KeyPair:
+    return KeyPair.from_secrets(
+        hashlib.blake2b(b"ed " + name.encode(), digest_size=32).digest(),
+        hashlib.blake2b(b"x " + name.encode(), digest_size=32).digest(),
+    )
+
+
+ALICE = _identity("alice")  # the inviter
+BOB = _identity("bob")  # the invitee
+ALICE_PK = b64u(ALICE.ed25519_pk)
+
+
+# ── v3 saved invite registry and pending handshake ─────────────────────────────────────────────
+
+
+def _registry_and_claim() -> tuple[dict[str, object], dict[str, object], RoutedFields]:
+    """(registry document, pending document, Bob's SESSION_INIT) for one fresh invite of Alice's."""
+    rng = _Seeded("registry")
+    issued = issue_invite(ALICE, RELAY, NOW, rng)
+    started = start_handshake(BOB, parse_invite_url(invite_url(ALICE, issued), NOW), NOW, rng)
+    registry = json.loads(registry_to_json(InviteRegistry().with_issued(issued)))
+    pending = json.loads(pending_to_json(started.pending))
+    return registry, pending, started.claim.as_session_init(ALICE_PK)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("features", 65536),  # struct.error in invite_binding ('H' format requires 0 <= number <= 65535)
+        ("features", -1),  # struct.error (argument out of range)
+        ("server_url", ""),  # ValueError from invite_binding
+        ("server_url", "x" * 2049),  # ValueError from invite_binding
+        ("server_url", "wss://\ud800"),  # UnicodeEncodeError: a lone surrogate JSON can spell as \ud800
+    ],
+)
+def test_a_registry_invite_the_handshake_cannot_use_is_refused_at_load(field: str, value: object) -> None:
+    """Before the fix the registry loaded, and the first SESSION_INIT naming that invite (any invitee can
+    send one) made `respond` raise struct.error / ValueError / UnicodeEncodeError instead of a
+    `HandshakeRejected`; `invite_url` failed the same way. A saved state must fail when it is read."""
+    registry, _, _ = _registry_and_claim()
+    registry["issued"][0][field] = value  # type: ignore[index]
+    with pytest.raises(StateFormatError, match=f"issued\\[0\\].{field}"):
+        registry_from_json(json.dumps(registry).encode())
+
+
+@pytest.mark.parametrize(("field", "value"), [("features", 65536), ("features", -1), ("server_url", "\ud800")])
+def test_a_pending_handshake_with_impossible_invite_fields_is_refused_at_load(field: str, value: object) -> None:
+    """The same checks for the invitee's pending handshake. Nothing crashed here, but features -1 made
+    `finish_handshake` grant whatever feature bits the inviter named, beyond what the invite offered."""
+    _, pending, _ = _registry_and_claim()
+    pending[field] = value
+    with pytest.raises(StateFormatError, match=field):
+        pending_from_json(json.dumps(pending).encode())
+
+
+def test_a_valid_registry_still_loads_and_answers_the_claim() -> None:
+    registry, pending, claim = _registry_and_claim()
+    loaded = registry_from_json(json.dumps(registry).encode())
+    assert pending_from_json(json.dumps(pending).encode()).invite_id == loaded.issued[0].invite_id
+    accepted = respond(loaded, ALICE, claim, NOW, _Seeded("respond"), relay_url=RELAY)
+    assert accepted.session.peer_pk == b64u(BOB.ed25519_pk)
