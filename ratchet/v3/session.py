@@ -362,6 +362,10 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
 
     if header.ratchet_pk in session.retired_ratchet_pks:
         raise StaleChainError(f"message {header.n} of an earlier chain: already received, expired or evicted")
+    if any(entry.ratchet_pk == header.ratchet_pk for entry in session.skipped):
+        # An earlier chain whose key left the retired list while some of its keys are still kept: only a
+        # peer reusing an old ratchet secret sends this, and taking it as new would store positions twice.
+        raise StaleChainError(f"message {header.n} under the ratchet key of an earlier chain")
     sending = session.sending
     if sending is None:
         raise UnexpectedRatchetKeyError("a new ratchet key although we have not sent since the peer's last one")

@@ -14,14 +14,26 @@ import pytest
 from ratchet.keys import KeyPair
 from ratchet.v3 import (
     InviteRegistry,
+    Session,
+    decrypt,
+    encrypt,
+    finish_handshake,
     invite_url,
     issue_invite,
     parse_invite_url,
     respond,
     start_handshake,
 )
-from ratchet.v3.errors import StateFormatError
-from ratchet.v3.state import pending_from_json, pending_to_json, registry_from_json, registry_to_json
+from ratchet.v3.errors import StaleChainError, StateFormatError
+from ratchet.v3.session import MAX_RETIRED_RATCHET_KEYS
+from ratchet.v3.state import (
+    pending_from_json,
+    pending_to_json,
+    registry_from_json,
+    registry_to_json,
+    session_from_json,
+    session_to_json,
+)
 from ratchet.v3.wire import RoutedFields, b64u
 
 NOW = 1_768_000_000_000
@@ -114,3 +126,73 @@ def test_a_valid_registry_still_loads_and_answers_the_claim() -> None:
     assert pending_from_json(json.dumps(pending).encode()).invite_id == loaded.issued[0].invite_id
     accepted = respond(loaded, ALICE, claim, NOW, _Seeded("respond"), relay_url=RELAY)
     assert accepted.session.peer_pk == b64u(BOB.ed25519_pk)
+
+
+# ── v3 ratchet: a peer reusing an old ratchet key ─────────────────────────────────────────────
+
+
+class _Line:
+    """Alice and Bob after a real v3 handshake, with the frames in flight to each."""
+
+    def __init__(self, seed: str) -> None:
+        rng = _Seeded(seed)
+        issued = issue_invite(ALICE, RELAY, NOW, rng)
+        started = start_handshake(BOB, parse_invite_url(invite_url(ALICE, issued), NOW), NOW, rng)
+        init = started.claim.as_session_init(ALICE_PK)
+        accepted = respond(InviteRegistry().with_issued(issued), ALICE, init, NOW, rng)
+        self.sessions: dict[str, Session] = {
+            "alice": accepted.session,
+            "bob": finish_handshake(started.pending, BOB, accepted.frame, NOW),
+        }
+        self.keys = {"alice": ALICE, "bob": BOB}
+        self.rng = _Seeded(seed + "/messages")
+        self.in_flight: dict[str, list[RoutedFields]] = {"alice": [], "bob": []}
+
+    def send(self, sender: str, text: bytes, rng: _Seeded | None = None) -> RoutedFields:
+        sealed = encrypt(self.sessions[sender], self.keys[sender], text, NOW, rng or self.rng)
+        self.sessions[sender] = sealed.state
+        self.in_flight["bob" if sender == "alice" else "alice"].append(sealed.frame)
+        return sealed.frame
+
+    def deliver(self, recipient: str, index: int = 0) -> bytes:
+        opened = decrypt(self.sessions[recipient], self.in_flight[recipient].pop(index), NOW)
+        self.sessions[recipient] = opened.state
+        return opened.message.plaintext
+
+
+def test_a_peer_reusing_an_evicted_ratchet_key_cannot_make_our_saved_state_unreadable() -> None:
+    """A malicious peer (it holds the session keys) reuses the ratchet secret of a chain whose late keys
+    we still keep, once that chain has left the 16 remembered ratchet keys. Before the fix the frame was
+    taken as a new chain: keys 0..n-1 were stored again under the old ratchet key, next to the kept
+    ones, and the state the daemon then saved failed to load ("a skipped key is stored twice"), losing
+    the session at the next restart. Such a key names an earlier chain: it is refused as stale."""
+    line = _Line("reuse")
+    line.send("alice", b"opens the line")
+    line.deliver("bob")
+    line.send("bob", b"so that Alice's next send steps the ratchet")
+    line.deliver("alice")
+    for i in range(5):
+        line.send("alice", f"chain K0, message {i}".encode())
+    old_secret = line.sessions["alice"].sending.ratchet.secret  # type: ignore[union-attr]
+    line.deliver("bob", 4)  # 0..3 never arrive: Bob keeps their keys under K0
+    line.in_flight["bob"].clear()
+    for _ in range(MAX_RETIRED_RATCHET_KEYS + 1):  # K0 leaves Bob's remembered ratchet keys
+        line.send("bob", b"b")
+        line.deliver("alice")
+        line.send("alice", b"a")
+        line.deliver("bob")
+    line.send("bob", b"b")
+    line.deliver("alice")
+    kept = {(entry.ratchet_pk, entry.n) for entry in line.sessions["bob"].skipped}
+    assert len(kept) == 4
+
+    for n in range(6):  # Alice steps the ratchet with K0's secret again and sends message 5 on it
+        line.send("alice", f"reused K0, message {n}".encode(), rng=_Seeded("evil", reuse=old_secret))
+    reused = line.in_flight["bob"][-1]
+    line.in_flight["bob"].clear()
+    bob = line.sessions["bob"]
+    before = session_to_json(bob)
+    with pytest.raises(StaleChainError):
+        decrypt(bob, reused, NOW)
+    assert session_to_json(bob) == before
+    assert session_from_json(before) == bob
