@@ -672,7 +672,8 @@ def session_from_reference_json(text: str) -> Session:
     Keys are decoded leniently, as the reference decodes them. Beyond MAX_SKIP skipped keys, the
     oldest are dropped, as the reference's own prune does when its client next connects.
     """
-    raw = _parse_json_object(text.encode("utf-8"))
+    # surrogatepass: a lone surrogate in the text becomes bytes that are not UTF-8, refused as such below
+    raw = _parse_json_object(text.encode("utf-8", "surrogatepass"))
     document = _structure(_REFERENCE_FORMAT, raw, _ReferenceSessionFile)
     ephemeral = document.sendEphemeral
     _lenient_key(ephemeral.ed25519_pk, 32, "sendEphemeral.ed25519_pk")
@@ -682,6 +683,8 @@ def session_from_reference_json(text: str) -> Session:
         prefix, separator, seq_text = key_id.rpartition(":")
         if not separator or not seq_text.isascii() or not seq_text.isdigit():
             raise SessionStateError(f"skippedMessageKeys[{i}]: id {key_id!r} is not '<ratchet_pk>:<seq>'")
+        if len(seq_text) > len(str(SEQ_LIMIT)):  # int() of a very long one would raise a bare ValueError
+            raise SessionStateError(f"skippedMessageKeys[{i}]: skipped key seq out of range")
         _lenient_key(prefix, KEY_BYTES, f"skippedMessageKeys[{i}] ratchet_pk")
         skipped.append(
             SkippedKey(prefix, int(seq_text), _lenient_key(value.key, KEY_BYTES, "skipped key"), value.addedAt)

@@ -11,7 +11,11 @@ import uuid
 
 import pytest
 
+from ratchet.encoding import b64u_encode
 from ratchet.keys import KeyPair
+from ratchet.session import Session as V2Session
+from ratchet.session import SessionStateError, session_from_reference_json, session_to_reference_json
+from ratchet.session import SkippedKey as V2SkippedKey
 from ratchet.v3 import (
     InviteRegistry,
     Session,
@@ -196,3 +200,45 @@ def test_a_peer_reusing_an_evicted_ratchet_key_cannot_make_our_saved_state_unrea
         decrypt(bob, reused, NOW)
     assert session_to_json(bob) == before
     assert session_from_json(before) == bob
+
+
+# ── v2: importing a reference session file ──────────────────────────────────────────────────────
+
+
+def _reference_document() -> dict[str, object]:
+    peer = b64u_encode(BOB.ed25519_pk)
+    session = V2Session.initial(peer, b"\x01" * 32, b"\x02" * 32, ALICE, BOB.x25519_pk, True, NOW)
+    prefix = b64u_encode(BOB.x25519_pk)
+    session = V2Session(
+        session.peer_pk,
+        session.send_chain_key,
+        session.recv_chain_key,
+        session.send_ephemeral,
+        session.recv_ephemeral_pk,
+        0,
+        -1,
+        True,
+        (V2SkippedKey(prefix, 3, b"\x03" * 32, NOW),),
+        NOW,
+    )
+    document: dict[str, object] = json.loads(session_to_reference_json(session, ALICE.ed25519_pk, ALICE.ed25519_sk))
+    return document
+
+
+def test_a_reference_skipped_key_id_with_a_huge_seq_is_refused_clearly() -> None:
+    """Before the fix, int() of a seq longer than Python's 4300-digit limit raised a bare ValueError."""
+    document = _reference_document()
+    entry = document["skippedMessageKeys"][0]  # type: ignore[index]
+    entry[0] = entry[0].rsplit(":", 1)[0] + ":" + "9" * 5000
+    with pytest.raises(SessionStateError, match="out of range"):
+        session_from_reference_json(json.dumps(document))
+
+
+def test_a_reference_file_text_holding_a_lone_surrogate_is_refused_clearly() -> None:
+    """Text read with surrogateescape (or built from such JSON) holds lone surrogates; encoding it raised
+    UnicodeEncodeError before the fix."""
+    text = json.dumps(_reference_document())
+    damaged = text.replace('"peerPk": "', '"peerPk": "\udcff', 1)
+    with pytest.raises(SessionStateError, match="not valid JSON"):
+        session_from_reference_json(damaged)
+    assert session_from_reference_json(text).peer_pk == b64u_encode(BOB.ed25519_pk)
