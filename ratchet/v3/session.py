@@ -391,7 +391,7 @@ def decrypt(session: Session, frame: RoutedFields, now_ms: int, *, signature_ver
         root_key=root_key,
         sending=None,  # our ratchet secret is spent: the next send draws a new one
         receiving=ReceivingChain(header.ratchet_pk, next_chain, header.n + 1),
-        previous_send_count=sending.n,
+        previous_send_count=min(sending.n, COUNTER_LIMIT - 1),  # PN is a u32: an exhausted chain (2**32) says 2**32 - 1
         skipped=_store(session.skipped, additions, now_ms),
         retired_ratchet_pks=retired,
         closed_by_us=session.closed_by_us,

@@ -250,7 +250,7 @@ def session_from_json(data: bytes) -> Session:
         root_key=_key(doc.root_key, "root_key"),
         sending=sending,
         receiving=receiving,
-        previous_send_count=_counter(doc.previous_send_count, "previous_send_count", inclusive=True),
+        previous_send_count=_counter(doc.previous_send_count, "previous_send_count"),
         skipped=skipped,
         retired_ratchet_pks=tuple(_key(pk, f"retired[{i}]") for i, pk in enumerate(doc.retired_ratchet_pks)),
         closed_by_us=doc.closed_by_us,

@@ -9,6 +9,7 @@ import hashlib
 import json
 import uuid
 
+import attrs
 import pytest
 
 from ratchet.encoding import b64u_encode
@@ -29,7 +30,7 @@ from ratchet.v3 import (
     start_handshake,
 )
 from ratchet.v3.errors import StaleChainError, StateFormatError
-from ratchet.v3.session import MAX_RETIRED_RATCHET_KEYS
+from ratchet.v3.session import COUNTER_LIMIT, MAX_RETIRED_RATCHET_KEYS
 from ratchet.v3.state import (
     pending_from_json,
     pending_to_json,
@@ -38,7 +39,7 @@ from ratchet.v3.state import (
     session_from_json,
     session_to_json,
 )
-from ratchet.v3.wire import RoutedFields, b64u
+from ratchet.v3.wire import MessageHeader, RoutedFields, b64u, b64u_strict
 
 NOW = 1_768_000_000_000
 RELAY = "wss://relay.example/ws"
@@ -200,6 +201,30 @@ def test_a_peer_reusing_an_evicted_ratchet_key_cannot_make_our_saved_state_unrea
         decrypt(bob, reused, NOW)
     assert session_to_json(bob) == before
     assert session_from_json(before) == bob
+
+
+def test_pn_after_an_exhausted_sending_chain_still_fits_the_header() -> None:
+    """PN travels as u32. A sending chain that used all 2**32 numbers and then saw the peer's new ratchet
+    key set PN = 2**32; the next send raised struct.error ("'I' format requires ...") and the saved state
+    (which the reader accepted with PN = 2**32) could never send again. PN is capped at 2**32 - 1, and
+    the reader refuses a PN the header cannot carry."""
+    line = _Line("pn-limit")
+    line.send("alice", b"hello")
+    line.deliver("bob")
+    line.send("bob", b"reply")
+    line.deliver("alice")
+    line.send("alice", b"on a new chain")
+    bob = line.sessions["bob"]
+    assert bob.sending is not None
+    line.sessions["bob"] = attrs.evolve(bob, sending=attrs.evolve(bob.sending, n=COUNTER_LIMIT))  # exhausted
+    line.deliver("bob")  # the peer's new ratchet key: Bob's next send starts a chain, with PN for the old one
+    sent = line.send("bob", b"after the DH step")
+    assert MessageHeader.parse(b64u_strict(sent.ciphertext, "ciphertext")).pn == COUNTER_LIMIT - 1
+    state = json.loads(session_to_json(line.sessions["bob"]))
+    assert session_from_json(json.dumps(state).encode()) == line.sessions["bob"]
+    state["previous_send_count"] = COUNTER_LIMIT
+    with pytest.raises(StateFormatError, match="previous_send_count"):
+        session_from_json(json.dumps(state).encode())
 
 
 # ── v2: importing a reference session file ──────────────────────────────────────────────────────
