@@ -17,7 +17,11 @@ and changes only how the bytes of a write reach the socket:
   under its lock, in a shielded `send_all`, so the caller waits until the peer reads (backpressure,
   and the order of writes, are unchanged: a write that finds the lock held goes behind it);
 * a socket error is what `send_all`'s BrokenResourceError is to hypercorn: the connection is closed,
-  but reported from a task of its own rather than inside the failed write (`_report_broken_stream`).
+  but reported from a task of its own rather than inside the failed write (`_report_broken_stream`);
+* **[ours]** a write that cannot finish within `WRITE_STALL_S` (the peer stopped reading) closes the
+  socket and ends the connection the same way. hypercorn's write is shielded, so without a limit a
+  client that keeps its socket open but reads nothing holds its connection for ever: every close
+  (auth timeout, "replaced by new connection", shutdown) queues behind the stuck write.
 
 A write that returns has its bytes in the kernel, as before. The descriptor is looked up on every
 write (never cached), so a closed socket reads as -1 and fails instead of reaching a reused number.
@@ -30,6 +34,9 @@ import os
 import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
+
+WRITE_STALL_S = 60.0
+"""Longest a frame may take to reach the kernel once the socket buffer is full (a reading peer needs ms)."""
 
 
 class FastWriteTCPServer(TCPServer):
@@ -60,10 +67,13 @@ class FastWriteTCPServer(TCPServer):
             lock.acquire_nowait()
         try:
             if sent >= 0:
-                # The socket buffer is full: the rest goes out the way hypercorn writes everything.
-                with trio.CancelScope(shield=True):
+                # The socket buffer is full: the rest goes out the way hypercorn writes everything, shielded
+                # (half a frame would leave the stream garbage) but not for ever.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + WRITE_STALL_S) as stall:
                     await self.stream.send_all(memoryview(data)[sent:])
-                return
+                if not stall.cancelled_caught:
+                    return
+                self.stream.socket.close()  # the peer reads nothing: part of a frame is out, so the stream must go
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

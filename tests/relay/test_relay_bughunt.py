@@ -151,3 +151,23 @@ async def test_a_client_that_floods_without_reading_and_then_vanishes_is_let_go(
         await relay.app._all_closed.wait()  # every socket gone
     health = await get_json(relay, "/health")
     assert health["connections"] == 0
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_the_write_stall_limit(
+    relay: RelayHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that floods and never reads, but keeps its socket open, used to hold its connection (a
+    slot of max_connections) for ever: the relay's answer waited in a shielded write, and every close
+    (auth timeout, "replaced", shutdown) queued behind it. Now a write that makes no headway for
+    `WRITE_STALL_S` ends the connection."""
+    from agentroomd.relay import transport
+
+    monkeypatch.setattr(transport, "WRITE_STALL_S", 0.5)
+    async with stalled_client(relay, Agent()) as client:
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):  # reset by the relay, not by us
+            for _ in range(100_000):
+                await client.send(ping())  # until the relay, tired of waiting to answer, cuts the line
+        with trio.fail_after(10):
+            await relay.app._all_closed.wait()  # cut off while the client still holds its socket open
+        health = await get_json(relay, "/health")
+        assert health["connections"] == 0
