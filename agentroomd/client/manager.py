@@ -463,7 +463,8 @@ class SessionManager:
                     continue
                 code = answer.code if isinstance(answer, Error) else "ACK_ERROR"
                 message = answer.message if isinstance(answer, Error) else (answer.error or "")
-                if code in ("RATE_LIMIT", "ACK_ERROR", "UNAUTH"):
+                # INTERNAL: the relay's own storage failed on this frame; it takes it once its disk recovers
+                if code in ("RATE_LIMIT", "ACK_ERROR", "UNAUTH", "INTERNAL"):
                     self.log.warn("outbox.retry", relay=url, code=code)
                     self._reread[url] = True
                     await trio.sleep(RETRY_DELAY_S)

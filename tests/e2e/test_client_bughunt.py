@@ -1,0 +1,74 @@
+"""Defects found by reading the client sessions against a hostile world; each test failed before its fix.
+
+Session managers in this process (the helpers of test_client_sessions) talk through a real relay on a
+loopback port, with real SQLite stores. A disk that fails is had with SQLite's own switches
+(``query_only``: every write fails as on a read-only database; ``max_page_count``: as on a full disk);
+a network path that goes silent is a TCP hop of ours (`Blackhole`), the one fake: it stands for the
+internet.
+"""
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from hostile.hostile_relay import serve_hostile_relay
+from test_client_sessions import Agent, Disk, pair, start_agent
+
+from agentroomd.log import Logger
+from agentroomd.relay.config import RelayConfig
+from agentroomd.relay.server import RelayHandle, serve_relay
+from ratchet.frames import SessionAck
+from ratchet.keys import KeyPair
+
+WAIT_S = 10.0
+
+
+@attrs.define
+class World:
+    relay: RelayHandle  # with the app, so that a test can break the relay's own database
+    alice: Agent
+    bob: Agent
+
+
+def relay_config(tmp_path: Path) -> RelayConfig:
+    return RelayConfig(port=0, db=str(tmp_path / "relay.db"), rate_limit_disabled=True, log_level="error")
+
+
+@pytest.fixture
+async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
+    relay = await nursery.start(serve_relay, relay_config(tmp_path))
+    alice = await start_agent(nursery, tmp_path / "alice", "alice")
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    yield World(relay, alice, bob)
+
+
+def read_only(agent_or_db: Agent | sqlite3.Connection, on: bool) -> None:
+    """Every write to this database fails from now on (``on``) as on a read-only one, or works again."""
+    db = agent_or_db.store._db if isinstance(agent_or_db, Agent) else agent_or_db
+    db.execute(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+
+
+async def test_a_message_the_relay_could_not_store_is_sent_again_not_dropped(world: World) -> None:
+    """The relay answers ERROR INTERNAL when its own database fails: the frame waits, it is not thrown away.
+
+    Before: the outbox marked it failed and deleted the sealed frame, so the message was lost for good
+    (its ratchet step spent) although the relay would have taken it a second later.
+    """
+    relay, alice, bob = world.relay, world.alice, world.bob
+    await pair(alice, bob, relay.url)
+    relay_db = relay.app.store._conn
+    read_only(relay_db, True)
+    try:
+        status, msg_id, _ = await alice.manager.send_message(bob.pk, "while the relay's disk failed", timeout_s=1.5)
+        assert status == "pending"
+    finally:
+        read_only(relay_db, False)
+    got = await bob.next_message()
+    assert (got.text, got.msg_id) == ("while the relay's disk failed", msg_id)
+    status, _, _ = await alice.manager.send_message(bob.pk, "and the next one")
+    assert status == "delivered"
+    assert (await bob.next_message()).text == "and the next one"
