@@ -458,7 +458,7 @@ class SessionManager:
                     self._reread[url] = True
                     break
                 if isinstance(answer, Ack) and answer.status in ("delivered", "queued"):
-                    await self.store.now(self.store.outbox_done, row.msg_id, answer.status)
+                    await self._outbox_done(url, row.msg_id, answer.status)
                     self._finish_send(row.msg_id, answer.status, None)
                     continue
                 code = answer.code if isinstance(answer, Error) else "ACK_ERROR"
@@ -471,8 +471,19 @@ class SessionManager:
                     break
                 # The relay will never take this frame (malformed by its rules): drop it, tell the sender.
                 self.log.error("outbox.rejected", relay=url, code=code, msg_id=row.msg_id)
-                await self.store.call(self.store.outbox_done, row.msg_id, "failed")
+                await self._outbox_done(url, row.msg_id, "failed")
                 self._finish_send(row.msg_id, "failed", f"relay rejected the message: {code} {message}")
+
+    async def _outbox_done(self, url: str, msg_id: str, status: str) -> None:
+        """Take an answered frame out of the outbox; a store that cannot write (full disk) keeps the row.
+
+        The relay has the frame, so the sender goes on: the row is sent again after the next reconnect,
+        and the receiver recognises the copy (the message key is spent, the journal knows its msg_id).
+        """
+        try:
+            await self.store.now(self.store.outbox_done, msg_id, status)
+        except StoreError as exc:
+            self.log.error("outbox.not_recorded", relay=url, msg_id=msg_id, error=str(exc))
 
     def _finish_send(self, msg_id: str, status: str, error: str | None) -> None:
         waiter = self._send_waiters.get(msg_id)

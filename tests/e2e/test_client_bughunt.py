@@ -72,3 +72,33 @@ async def test_a_message_the_relay_could_not_store_is_sent_again_not_dropped(wor
     status, _, _ = await alice.manager.send_message(bob.pk, "and the next one")
     assert status == "delivered"
     assert (await bob.next_message()).text == "and the next one"
+
+
+async def test_a_disk_that_fails_after_the_relay_took_a_frame_does_not_stop_the_daemon(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay ACKed the frame, then the store cannot delete its outbox row: the sender goes on.
+
+    Before: the StoreError escaped the outbox sender and ended the whole session manager (the daemon
+    exited), although nothing was lost and a failed write on the receive path is survived.
+    """
+    relay, alice, bob = world.relay, world.alice, world.bob
+    await pair(alice, bob, relay.url)
+    await alice.store.flush()
+    disk = Disk(monkeypatch, alice.store.wal_path)  # holds the frame until the database turns read-only
+    status, _, _ = await alice.manager.send_message(bob.pk, "sent, then the disk turned read-only", timeout_s=0.2)
+    assert status == "pending"
+    read_only(alice, True)
+    disk.released.set()
+    assert (await bob.next_message()).text == "sent, then the disk turned read-only"
+    await bob.manager.send_message(alice.pk, "answer while alice cannot write")
+    conn = alice.manager.connection(relay.url)
+    with trio.fail_after(WAIT_S):  # she cannot store it: not acknowledged, the connection drops
+        await conn.wait_disconnected()
+    read_only(alice, False)
+    assert (await alice.next_message()).text == "answer while alice cannot write"
+    status, _, _ = await alice.manager.send_message(bob.pk, "the disk is back")
+    assert status == "delivered"
+    # the frame whose row could not be deleted went again after the reconnect: bob shows it once
+    assert (await bob.next_message()).text == "the disk is back"
+    assert bob.manager.counters.duplicates == 1
