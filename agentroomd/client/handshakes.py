@@ -306,6 +306,10 @@ class Handshakes:
             # no handshake of ours is waiting for it: a replayed answer, or another frame retyped by the relay
             self.m.counters.undecryptable += 1
             self.m.log.warn("session_ack.unexpected", peer=short_pk(pk))
+            if pk in self.m._sessions:
+                # or the genuine answer again: the store failed (or the daemon died) after the session was
+                # saved but before the frames that overtook it were opened; they wait in the store still
+                await self.m.open_early_frames(pk)
 
     def _wake_accept(self, pk: str) -> None:
         event = self.handshake_events.pop(pk, None)

@@ -593,7 +593,10 @@ class SessionManager:
 
     async def open_early_frames(self, pk: str) -> None:
         """The handshake with ``pk`` just finished: open the frames that overtook its answer, in order."""
-        for text in await self.store.call(self.store.early_frames, pk):
+        kept = await self.store.call(self.store.early_frames, pk)
+        if not kept:
+            return
+        for text in kept:
             try:
                 frame = parse_frame(text)
             except FrameError:

@@ -102,3 +102,41 @@ async def test_a_disk_that_fails_after_the_relay_took_a_frame_does_not_stop_the_
     # the frame whose row could not be deleted went again after the reconnect: bob shows it once
     assert (await bob.next_message()).text == "the disk is back"
     assert bob.manager.counters.duplicates == 1
+
+
+async def test_frames_that_overtook_the_handshake_answer_survive_a_failed_write_while_opening_them(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    """v3: a message kept because it overtook the SESSION_ACK is opened when the answer comes again.
+
+    The invitee saves the session, then opens the kept frames; if the disk fails in between, the
+    SESSION_ACK is not acknowledged and comes again. Before: the second copy was taken for a replay
+    (the session was already saved), the kept frame stayed in the store unopened for good, and the
+    messages after it arrived without it: a message lost that the relay had been told was safe.
+    """
+    relay, url = await nursery.start(serve_hostile_relay, relay_config(tmp_path), KeyPair.generate(),
+                                     Logger("relay", "error"))
+    alice = await start_agent(nursery, tmp_path / "alice", "alice")
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    invite = await alice.manager.create_invite(url, ttl_ms=3_600_000)
+    held = relay.hold(lambda frame: isinstance(frame, SessionAck))
+    _, _, answered = await bob.manager.accept_invite(invite.url, wait_ack_s=0.2)
+    assert not answered
+    await relay.wait_for(lambda: held[0] if held else None)
+    relay.route_normally()
+    early = "the inviter speaks first " + "e" * 100_000  # opening it needs many new pages
+    await alice.manager.send_message(bob.pk, early)
+    with trio.fail_after(WAIT_S):
+        while not bob.store.early_frames(alice.pk):  # noqa: ASYNC110 (kept in the store, no event for it)
+            await trio.sleep(0.01)
+    pages = bob.store._db.execute("PRAGMA page_count").fetchone()[0]
+    bob.store._db.execute(f"PRAGMA max_page_count = {pages + 3}")  # room for the session, not for the message
+    await relay.deliver(held[0])
+    conn = bob.manager.connection(url)
+    with trio.fail_after(WAIT_S):
+        await conn.wait_disconnected()
+    assert bob.manager.peer_state(alice.pk) == "established"  # the session was saved, the message was not
+    bob.store._db.execute("PRAGMA max_page_count = 1073741823")
+    await alice.manager.send_message(bob.pk, "after")
+    assert [(await bob.next_message()).text for _ in range(2)] == [early, "after"]
+    assert bob.store.early_frames(alice.pk) == []
