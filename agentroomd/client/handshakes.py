@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from agentroomd.client.peer_session import PeerSession
-from agentroomd.client.store import PeerRow
+from agentroomd.client.store import PeerRow, StoreError
 from agentroomd.log import short_pk
 from ratchet import v3
 from ratchet.encoding import b64u_decode, b64u_encode
@@ -327,4 +327,8 @@ class Handshakes:
         self._wake_accept(pk)
 
     async def _save_established(self, pk: str) -> None:
-        await self.m.store.call(self.m.store.set_handshake, pk, "established")
+        """Best effort: if the store cannot write it (full disk), the next message after a restart does."""
+        try:
+            await self.m.store.call(self.m.store.set_handshake, pk, "established")
+        except StoreError as exc:
+            self.m.log.error("session.established_not_saved", peer=short_pk(pk), error=str(exc))

@@ -140,3 +140,30 @@ async def test_frames_that_overtook_the_handshake_answer_survive_a_failed_write_
     await alice.manager.send_message(bob.pk, "after")
     assert [(await bob.next_message()).text for _ in range(2)] == [early, "after"]
     assert bob.store.early_frames(alice.pk) == []
+
+
+async def test_a_v2_answer_that_cannot_be_saved_does_not_stop_the_daemon(
+    tmp_path: Path, world: World, nursery: trio.Nursery,
+) -> None:
+    """v2: the invitee notes "established" in the background; a disk that refuses it is logged, not fatal.
+
+    Before: the StoreError of that background write ended the session manager (the daemon exited).
+    """
+    relay, bob = world.relay, world.bob
+    identity = KeyPair.generate()
+    alice = await start_agent(nursery, tmp_path / "v2-alice", "alice", identity)
+    invite = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000, version=2)
+    alice.scope.cancel()  # the inviter is away: its answer comes later
+    _, _, answered = await bob.manager.accept_invite(invite.url, wait_ack_s=0.2)
+    assert not answered
+    answer = bob.manager.handshakes.handshake_events[alice.pk]
+    read_only(bob, True)
+    alice = await start_agent(nursery, tmp_path / "v2-alice", "alice", identity)
+    with trio.fail_after(WAIT_S):
+        await answer.wait()
+    await trio.testing.wait_all_tasks_blocked()  # the background write has run (and failed)
+    read_only(bob, False)
+    await alice.manager.send_message(bob.pk, "hello over v2")
+    assert (await bob.next_message()).text == "hello over v2"
+    await bob.manager.send_message(alice.pk, "and back")
+    assert (await alice.next_message()).text == "and back"
