@@ -171,6 +171,7 @@ class RelayConnection:
         self._acks_wanted = trio.Event()
         self._token: str | None = None
         self._token_at = 0.0
+        self._heard_at = 0.0  # when the current connection last received a frame (trio clock)
         self.state = "connecting"
         self.last_error: str | None = None
         self.connects = 0
@@ -274,6 +275,7 @@ class RelayConnection:
         self._log.info("relay.connected", relay=self.url, keeps_until_acked=self.relay_keeps_until_acked,
                        resumed=challenge is None)
         self._acks = []
+        self._heard_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pinger)
             nursery.start_soon(self._acker)
@@ -330,6 +332,7 @@ class RelayConnection:
                 raw = await ws.get_message()
             except ConnectionClosed as exc:
                 raise RelayError(f"relay closed the connection ({_describe(exc)})") from None
+            self._heard_at = trio.current_time()
             frame = _parse_or_none(raw)
             if frame is None:
                 self._log.warn("relay.bad_frame", relay=self.url, size=len(raw))
@@ -362,9 +365,16 @@ class RelayConnection:
                 await self.send_frame(make_delivery_ack(self._rng, self._clock_ms(), msg_id))
 
     async def _pinger(self) -> None:
+        """PING every interval; a relay that sent nothing at all (not even the PONG) for a whole interval
+        after a PING is gone (a dropped NAT mapping, a vanished host: the socket itself never says so)."""
+        pinged_at: float | None = None
         while True:
             await trio.sleep(self._ping_interval_s)
-            await self.send_frame(make_ping(self._rng, self._clock_ms()))
+            if pinged_at is not None and self._heard_at < pinged_at:
+                raise RelayError(f"relay {self.url} did not answer a PING within {self._ping_interval_s:g} s")
+            pinged_at = trio.current_time()
+            with trio.fail_after(self._ping_interval_s):  # a socket nobody reads fills up: the send would hang
+                await self.send_frame(make_ping(self._rng, self._clock_ms()))
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -167,3 +167,63 @@ async def test_a_v2_answer_that_cannot_be_saved_does_not_stop_the_daemon(
     assert (await bob.next_message()).text == "hello over v2"
     await bob.manager.send_message(alice.pk, "and back")
     assert (await alice.next_message()).text == "and back"
+
+
+class Blackhole:
+    """A TCP hop to the relay that can go silent: what a dropped NAT mapping or a vanished host looks like.
+
+    After `cut()`, every connection open at that moment swallows what it reads, both ways, and never
+    closes; connections made afterwards are forwarded normally (the route is back).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.generation = 0
+
+    def cut(self) -> None:
+        self.generation += 1
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, generation: int) -> None:
+        while data := await src.receive_some(65536):
+            if generation == self.generation:
+                await dst.send_all(data)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        generation = self.generation
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.target_port) as upstream:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, client, upstream, generation)
+                    nursery.start_soon(self._pump, upstream, client, generation)
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # one side hung up: so does the hop
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+
+async def test_a_connection_that_went_silent_is_given_up_and_its_messages_arrive(
+    world: World, nursery: trio.Nursery,
+) -> None:
+    """A relay that answers no PING is gone: the client connects again and gets what was sent meanwhile.
+
+    Before: PINGs went out and nobody looked for the PONG, so a connection whose route died without a
+    FIN or RST stayed "connected" until TCP gave up (many minutes; never while nothing is sent), and
+    every message the relay handed to it waited that long.
+    """
+    relay, alice, bob = world.relay, world.alice, world.bob
+    hole = Blackhole(relay.port)
+    port = await nursery.start(hole.serve)
+    url = f"ws://127.0.0.1:{port}/ws"
+    for agent in (alice, bob):
+        agent.manager._ping_interval_s = 0.2  # before their connections exist
+    await pair(alice, bob, url)
+    conn = alice.manager.connection(url)
+    assert conn.connects == 1
+    hole.cut()
+    status, _, _ = await bob.manager.send_message(alice.pk, "sent into the void", timeout_s=5)
+    assert status == "delivered"  # the relay handed it to alice's old socket, which leads nowhere
+    assert (await alice.next_message()).text == "sent into the void"
+    assert conn.connects == 2
