@@ -118,15 +118,36 @@ def short_socket_path(state_dir: Path, uid: int | None = None) -> Path:
 
 
 def prepare_dirs(paths: Paths) -> None:
-    """Create the state and socket directories (0700); refuse a shared /tmp directory we do not own."""
+    """Create the state and socket directories (0700); refuse a shared /tmp directory we do not own.
+
+    A shared directory (sticky and world-writable, like /tmp itself) is never chmod-ed: as root that
+    would lock every other user out of it. It cannot be a home (the keys need a private directory);
+    it may hold the socket (`AGENTROOM_SOCKET=/tmp/x.sock`), which is 0600 and checks its peers.
+    """
+    if is_shared_dir(paths.state_dir):
+        raise ConfigError(
+            f"{paths.state_dir} is a shared directory (world-writable and sticky, like /tmp): it cannot hold "
+            "this home's keys; use a directory of its own, e.g. a new one inside it"
+        )
     try:
         ensure_private_dir(paths.state_dir)
-        if paths.socket_dir.parent == Path("/tmp"):
+        if is_shared_dir(paths.socket_dir):
+            pass  # left as it is (see above): the socket itself is 0600
+        elif paths.socket_dir.parent == Path("/tmp"):
             ensure_own_tmp_dir(paths.socket_dir)
         else:
             ensure_private_dir(paths.socket_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create directory {exc.filename or paths.state_dir}: {exc.strerror or exc}") from exc
+
+
+def is_shared_dir(path: Path) -> bool:
+    """True for an existing directory every user may create files in, protected by the sticky bit (/tmp)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) and bool(mode & stat.S_ISVTX) and bool(mode & stat.S_IWOTH)
 
 
 def ensure_own_tmp_dir(path: Path) -> None:

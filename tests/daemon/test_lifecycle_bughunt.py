@@ -1,0 +1,59 @@
+"""Defects found in the daemon's lifecycle, configuration and packaging, each pinned by the test that found it."""
+
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.ctl import ctl, json_out
+from support.env import isolated_env, short_dir
+from support.processes import DaemonProcess, home_dir
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    with home_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    path = short_dir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------- shared directories
+
+
+def test_a_control_socket_in_a_shared_sticky_directory_leaves_that_directory_alone(home: Path, scratch: Path) -> None:
+    # AGENTROOM_SOCKET=/tmp/agentroom.sock: /tmp is shared (1777). The daemon used to chmod it to 0700,
+    # which as root locks every other user out of /tmp (and as a user fails the start). A stand-in for /tmp:
+    shared = scratch / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    socket_path = shared / "ar.sock"
+    env = isolated_env(AGENTROOM_SOCKET=str(socket_path))
+    daemon = DaemonProcess(home, env=env).wait_ready()
+    try:
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600  # the socket itself stays private
+        assert json_out(ctl(home, "--json", "--no-autostart", "status", env=env))["pid"] == daemon.pid
+    finally:
+        daemon.close(graceful=True)
+    assert daemon.process.returncode == 0
+
+
+def test_a_home_that_is_a_shared_sticky_directory_is_refused_and_left_alone(scratch: Path) -> None:
+    shared = scratch / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    daemon = DaemonProcess(shared)
+    assert daemon.wait_exit() == 2
+    error = daemon.log_events()[-1]
+    assert error["event"] == "config_invalid" and str(shared) in error["error"] and "shared" in error["error"]
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert not (shared / "identity.json").exists()
