@@ -192,7 +192,7 @@ class DaemonSettings:
     def problems(self) -> list[tuple[str, str]]:
         found = [] if self.log_level in LOG_LEVELS else [("log_level", f"must be one of {', '.join(LOG_LEVELS)}")]
         for key in ("shutdown_grace_s", "max_control_clients", "subscriber_buffer", "journal_keep"):
-            if getattr(self, key) <= 0:
+            if not getattr(self, key) > 0:  # `not >` so that NaN (TOML `nan`) is refused too
                 found.append((key, "must be greater than 0"))
         return found
 
@@ -212,7 +212,7 @@ class ClientSettings:
         found = [
             (key, "must be greater than 0")
             for key in ("reconnect_initial_s", "reconnect_max_s", "ack_timeout_s", "ping_interval_s", "invite_ttl_s")
-            if getattr(self, key) <= 0
+            if not getattr(self, key) > 0  # NaN too
         ]
         found += [
             ("relays", f"{url!r} is not a ws:// or wss:// URL")

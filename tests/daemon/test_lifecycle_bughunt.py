@@ -10,6 +10,8 @@ from support.ctl import ctl, json_out
 from support.env import isolated_env, short_dir
 from support.processes import DaemonProcess, home_dir
 
+from agentroomd.config import ConfigError, load_config
+
 
 @pytest.fixture
 def home() -> Iterator[Path]:
@@ -57,3 +59,35 @@ def test_a_home_that_is_a_shared_sticky_directory_is_refused_and_left_alone(scra
     assert error["event"] == "config_invalid" and str(shared) in error["error"] and "shared" in error["error"]
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
     assert not (shared / "identity.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "where"),
+    [
+        ("[daemon]\nshutdown_grace_s = nan\n", {}, "[daemon] shutdown_grace_s"),
+        ("[client]\nack_timeout_s = nan\n", {}, "[client] ack_timeout_s"),
+        ("[client]\nreconnect_initial_s = -nan\n", {}, "[client] reconnect_initial_s"),
+        ("", {"AGENTROOM_DAEMON_SHUTDOWN_GRACE_S": "nan"}, "AGENTROOM_DAEMON_SHUTDOWN_GRACE_S"),
+    ],
+)
+def test_nan_durations_are_refused_at_start(scratch: Path, text: str, env: dict[str, str], where: str) -> None:
+    # A NaN grace passed every check and crashed the daemon on SIGTERM (trio refuses NaN timeouts),
+    # skipping the graceful shutdown; a NaN ack timeout failed every send.
+    path = scratch / "agentroom.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="must be greater than 0") as caught:
+        load_config(path, env=env)
+    assert where in str(caught.value)
+
+
+def test_the_daemon_refuses_a_nan_grace_instead_of_crashing_on_sigterm(home: Path) -> None:
+    (home / "agentroom.toml").write_text("[daemon]\nshutdown_grace_s = nan\n")
+    daemon = DaemonProcess(home)
+    try:
+        assert daemon.wait_exit() == 2
+    finally:
+        daemon.close()
+    assert "shutdown_grace_s" in daemon.log_events()[-1]["error"]
