@@ -267,6 +267,15 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _strict(int, "an integer"))
     converter.register_structure_hook(float, _strict(float, "a number"))
     converter.register_structure_hook(bool, _strict(bool, "true or false"))
+    items = converter.get_structure_hook(list[str])
+
+    def structure_list(value: Any, kind: Any) -> Any:
+        # cattrs would iterate a string (or a table) and judge it character by character.
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {_describe(value)}")
+        return items(value, kind)
+
+    converter.register_structure_hook_func(lambda kind: kind == list[str], structure_list)
     return converter
 
 

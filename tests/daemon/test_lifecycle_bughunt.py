@@ -91,3 +91,24 @@ def test_the_daemon_refuses_a_nan_grace_instead_of_crashing_on_sigterm(home: Pat
     finally:
         daemon.close()
     assert "shutdown_grace_s" in daemon.log_events()[-1]["error"]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "source"),
+    [
+        ('[client]\nrelays = "ws://127.0.0.1:8787/ws"\n', {}, "agentroom.toml"),
+        ("", {"AGENTROOM_CLIENT_RELAYS": "ws://127.0.0.1:8787/ws"}, "environment variable AGENTROOM_CLIENT_RELAYS"),
+    ],
+)
+def test_relays_given_as_one_string_is_one_clear_error(
+    scratch: Path, text: str, env: dict[str, str], source: str
+) -> None:
+    # It used to be read character by character: "'w' is not a ws:// or wss:// URL; 's' is not ...".
+    path = scratch / "agentroom.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    message = str(caught.value)
+    assert source in message and "[client] relays" in message
+    assert "expected an array" in message and "'ws://127.0.0.1:8787/ws'" in message
+    assert "'w' is not" not in message and message.count(";") == 0
