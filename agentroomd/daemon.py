@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -34,7 +35,7 @@ import trio
 
 from agentroomd.client.service import run_sessions
 from agentroomd.client.store import StoreError, StoreFlushError
-from agentroomd.config import Config, ConfigError, Paths, load_config, prepare_dirs, resolve_paths
+from agentroomd.config import Config, ConfigError, Paths, env_overrides, load_config, prepare_dirs, resolve_paths
 from agentroomd.context import DaemonContext, Service, Shutdown
 from agentroomd.control.connection import Gauge
 from agentroomd.control.inbox import Inbox, MemoryJournal
@@ -104,17 +105,31 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def check_service_tables(paths: Paths, config: Config) -> None:
+def check_service_tables(paths: Paths, config: Config, env: Mapping[str, str] | None = None) -> None:
     """Structure the tables other modules own now, so a typo stops the daemon at start, naming the file.
 
-    The environment is left out here (each service applies its own variables when it starts).
+    The services' own variables (PORT, HMAC_SECRET, ...) are left out here: each service applies them
+    when it starts. Our `AGENTROOM_<SECTION>_<KEY>` overrides are already in the tables, so an error
+    names them beside the file: the bad value may well be theirs.
     """
-    try:
-        relay_config_from(config.relay, env={}, state_dir=paths.state_dir)
-        limits_from_table(config.handlers)
-        TunnelConfig.from_table(config.tunnel)
-    except (RelayConfigError, TunnelError, ValueError) as exc:
-        raise ConfigError(f"{paths.config_file}: {exc}") from exc
+    checks: tuple[tuple[str, Callable[[], object]], ...] = (
+        ("relay", lambda: relay_config_from(config.relay, env={}, state_dir=paths.state_dir)),
+        ("handlers", lambda: limits_from_table(config.handlers)),
+        ("tunnel", lambda: TunnelConfig.from_table(config.tunnel)),
+    )
+    for section, check in checks:
+        try:
+            check()
+        except (RelayConfigError, TunnelError, ValueError) as exc:
+            variables = sorted(
+                variable
+                for (name, _key), (variable, _value) in env_overrides(os.environ if env is None else env).items()
+                if name == section
+            )
+            where = str(paths.config_file)
+            if variables:
+                where += f" (with environment variable {', '.join(variables)})"
+            raise ConfigError(f"{where}: {exc}") from exc
 
 
 async def run_daemon(paths: Paths, config: Config, identity: Identity, log: Logger, ready_fd: int | None) -> None:

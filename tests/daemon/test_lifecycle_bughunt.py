@@ -10,7 +10,8 @@ from support.ctl import ctl, json_out
 from support.env import isolated_env, short_dir
 from support.processes import DaemonProcess, home_dir
 
-from agentroomd.config import ConfigError, load_config
+from agentroomd.config import ConfigError, load_config, resolve_paths
+from agentroomd.daemon import check_service_tables
 
 
 @pytest.fixture
@@ -112,3 +113,26 @@ def test_relays_given_as_one_string_is_one_clear_error(
     assert source in message and "[client] relays" in message
     assert "expected an array" in message and "'ws://127.0.0.1:8787/ws'" in message
     assert "'w' is not" not in message and message.count(";") == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AGENTROOM_RELAY_PORT", "abc"), ("AGENTROOM_HANDLERS_TIMEOUT_S", "soon"), ("AGENTROOM_TUNNEL_KILL_GRACE", "1")],
+)
+def test_a_bad_environment_override_of_a_service_table_names_the_variable(
+    scratch: Path, variable: str, value: str
+) -> None:
+    # The error named only agentroom.toml, which does not hold the bad value: the user searched the wrong place.
+    paths = resolve_paths(scratch, env={})
+    env = {variable: value}
+    config = load_config(paths.config_file, env=env)
+    with pytest.raises(ConfigError) as caught:
+        check_service_tables(paths, config, env)
+    assert f"environment variable {variable}" in str(caught.value)
+
+
+def test_the_daemon_names_a_bad_environment_override_of_the_relay_table(home: Path) -> None:
+    daemon = DaemonProcess(home, env=isolated_env(AGENTROOM_RELAY_PORT="abc"))
+    assert daemon.wait_exit() == 2
+    error = daemon.log_events()[-1]
+    assert error["event"] == "config_invalid" and "environment variable AGENTROOM_RELAY_PORT" in error["error"]
