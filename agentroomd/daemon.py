@@ -6,7 +6,7 @@
     ├── the identity              (agentroomd.identity_store: created on first start, never replaced)
     └── trio.run(run_daemon)
         └── root nursery
-            ├── signals           first SIGTERM/SIGINT: graceful stop; second: cancel everything now
+            ├── signals           first SIGTERM/SIGINT/SIGHUP: graceful stop; second: cancel everything now
             ├── watchdog          WATCHDOG=1 to systemd every half $WATCHDOG_USEC (only when asked)
             ├── services          each `await root.start(...)`, in dependency order (see `start_services`)
             └── control socket    last: "the socket answers" means "every service is ready"
@@ -69,7 +69,8 @@ EXIT_ALREADY_RUNNING = 3
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="agentroomd",
-        description="The agentroom daemon: runs in the foreground, logs NDJSON to stderr, stops on SIGTERM/SIGINT.",
+        description="The agentroom daemon: runs in the foreground, logs NDJSON to stderr, stops on SIGTERM, SIGINT or "
+        "SIGHUP.",
         epilog="exit codes: 0 stopped cleanly, 1 failed, 2 bad usage or config, 3 already running for this home",
     )
     parser.add_argument("command", nargs="?", choices=["run"], default="run", help="run the daemon (the default)")
@@ -196,8 +197,12 @@ async def watch_signals(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """First SIGTERM/SIGINT asks for a graceful stop; a second one cancels everything at once."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """First SIGTERM/SIGINT/SIGHUP asks for a graceful stop; a second one cancels everything at once.
+
+    SIGHUP is a stop, not a reload: it is what a daemon run in a terminal gets when the terminal (or the
+    ssh session) goes away, and its default action would end us without stopping the tunnels we started.
+    """
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name

@@ -1,6 +1,7 @@
 """Defects found in the daemon's lifecycle, configuration and packaging, each pinned by the test that found it."""
 
 import shutil
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,20 @@ def test_the_daemon_names_a_bad_environment_override_of_the_relay_table(home: Pa
     assert daemon.wait_exit() == 2
     error = daemon.log_events()[-1]
     assert error["event"] == "config_invalid" and "environment variable AGENTROOM_RELAY_PORT" in error["error"]
+
+
+# ---------------------------------------------------------------------------------------- signals
+
+
+def test_sighup_stops_the_daemon_gracefully(home: Path) -> None:
+    # `agentroomd run` in a terminal that closes (an ssh session that drops) gets SIGHUP. It used to die at
+    # once: no shutdown, the socket left behind, a room's tunnel left running until the next start.
+    daemon = DaemonProcess(home).wait_ready()
+    try:
+        daemon.process.send_signal(signal.SIGHUP)
+        assert daemon.wait_exit() == 0
+    finally:
+        daemon.close()
+    assert not (home / "agentroomd.sock").exists()
+    assert daemon.events("stopping")[0]["reason"] == "SIGHUP"
+    assert daemon.events("stopped")
