@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="read this config file instead of the home's agentroom.toml")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # agentroomctl autostart: "ready\n" here
     args = parser.parse_args(argv)
+    # Every file the daemon creates is private (client.db holds the sessions' keys), whatever umask the shell
+    # that autostarted us had: the same UMask=0077 as the systemd unit. Handlers and tunnels inherit it too.
+    os.umask(0o077)
 
     log = Logger("agentroomd")
     try:

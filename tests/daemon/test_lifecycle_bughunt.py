@@ -154,3 +154,19 @@ def test_sighup_stops_the_daemon_gracefully(home: Path) -> None:
     assert not (home / "agentroomd.sock").exists()
     assert daemon.events("stopping")[0]["reason"] == "SIGHUP"
     assert daemon.events("stopped")
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+def test_state_files_are_private_whatever_umask_started_the_daemon(home: Path) -> None:
+    # README: "Keys and state live in the home, 0600". client.db holds the ratchet sessions; started from a
+    # shell with umask 022 (agentroomctl autostart) it was 0644.
+    daemon = DaemonProcess(home, argv_prefix=["/bin/sh", "-c", 'umask 022; exec "$0" "$@"']).wait_ready()
+    try:
+        db_files = sorted(home.glob("client.db*"))
+        assert db_files
+        for path in db_files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    finally:
+        daemon.close(graceful=True)
