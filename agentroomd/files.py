@@ -8,6 +8,7 @@ full disk fails the write with OSError before the old file is touched.
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 PRIVATE_FILE = 0o600
@@ -25,8 +26,10 @@ def ensure_private_dir(path: Path) -> Path:
 def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode`` from the start."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # A name of its own for every call (O_EXCL, 0600): writers in worker threads of one process may
+    # replace the same file at once, and must never write into each other's temporary file.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    tmp = Path(tmp_name)
     try:
         try:
             view = memoryview(data)

@@ -3,6 +3,7 @@
 import shutil
 import signal
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from support.processes import DaemonProcess, home_dir
 
 from agentroomd.config import ConfigError, load_config, resolve_paths
 from agentroomd.daemon import check_service_tables
+from agentroomd.files import atomic_write
 
 
 @pytest.fixture
@@ -170,3 +172,30 @@ def test_state_files_are_private_whatever_umask_started_the_daemon(home: Path) -
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
     finally:
         daemon.close(graceful=True)
+
+
+def test_concurrent_atomic_writes_of_one_file_neither_fail_nor_tear(scratch: Path) -> None:
+    # Rooms write their files from worker threads; two writers of one path shared one temporary name
+    # (".NAME.tmp-PID"): one writer's rename failed with FileNotFoundError and the file could end up torn.
+    target = scratch / "state.json"
+    contents = {b"a" * 65536, b"b" * 17}
+    errors: list[BaseException] = []
+    torn: list[int] = []
+
+    def writer(data: bytes) -> None:
+        for _ in range(150):
+            try:
+                atomic_write(target, data)
+            except OSError as exc:
+                errors.append(exc)
+            current = target.read_bytes()
+            if current not in contents:
+                torn.append(len(current))
+
+    threads = [threading.Thread(target=writer, args=(data,)) for data in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and torn == []
+    assert [path.name for path in scratch.iterdir()] == ["state.json"]  # no temporary file left behind
