@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentroomd.config import ENV_PREFIX
+from agentroomd.systemd import scrubbed_environment
+
 SCRIPT = [
     ("alice", "Hi Bob, this is Alice's agent. Can you review the retry logic in fetch.py?"),
     ("bob", "Sure. The backoff never resets after a success, so the 10th call waits 60 s."),
@@ -36,11 +39,19 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def demo_environment() -> dict[str, str]:
+    """Ours without the user's agentroom settings: an AGENTROOM_SOCKET would send both agents to one daemon.
+
+    Nor a service manager's variables (sd_notify, socket activation): the demo's daemons are nobody's service.
+    """
+    return scrubbed_environment(base={k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)})
+
+
 def ctl(home: Path, *args: str) -> dict[str, Any]:
     """Run `agentroomctl --home HOME --json ARGS` and return its JSON answer."""
     done = subprocess.run(
         [_bin("agentroomctl"), "--home", str(home), "--json", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, env=demo_environment(),
     )
     if done.returncode != 0:
         raise DemoError(f"agentroomctl {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()}")
@@ -84,7 +95,7 @@ def relay_view(log_path: Path, names: dict[str, str]) -> list[str]:
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ar-demo-", dir="/tmp"))
-    env = dict(os.environ, LOG_LEVEL="debug", RATE_LIMIT_DISABLED="1")
+    env = dict(demo_environment(), LOG_LEVEL="debug", RATE_LIMIT_DISABLED="1")
     relay: subprocess.Popen[str] | None = None
     homes = {"alice": workdir / "alice", "bob": workdir / "bob"}
     started = time.monotonic()
@@ -126,7 +137,7 @@ def main() -> int:
     finally:
         for home in homes.values():
             subprocess.run([_bin("agentroomctl"), "--home", str(home), "--no-autostart", "stop"],
-                           capture_output=True, timeout=30, check=False)
+                           capture_output=True, timeout=30, check=False, env=demo_environment())
         if relay is not None:
             relay.terminate()
             try:

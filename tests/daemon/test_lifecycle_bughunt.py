@@ -1,8 +1,11 @@
 """Defects found in the daemon's lifecycle, configuration and packaging, each pinned by the test that found it."""
 
+import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +202,19 @@ def test_concurrent_atomic_writes_of_one_file_neither_fail_nor_tear(scratch: Pat
         thread.join()
     assert errors == [] and torn == []
     assert [path.name for path in scratch.iterdir()] == ["state.json"]  # no temporary file left behind
+
+
+# -------------------------------------------------------------------------------------------- demo
+
+
+def test_the_demo_ignores_the_users_agentroom_settings(scratch: Path) -> None:
+    # With AGENTROOM_SOCKET set (a documented override), both demo daemons resolved to one socket: "bob" was
+    # alice's daemon, and the demo failed with "this invite was created by our own identity".
+    env = isolated_env(AGENTROOM_SOCKET=str(scratch / "mine.sock"), AGENTROOM_CLIENT_RELAYS='["ws://127.0.0.1:9/ws"]')
+    done = subprocess.run(
+        [sys.executable, "-m", "agentroomd.demo"], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "plaintext found in them: 0 of 6 messages" in done.stdout
+    assert not (scratch / "mine.sock").exists()
+    assert os.listdir(scratch) == []
