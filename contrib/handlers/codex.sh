@@ -16,8 +16,13 @@ fi
 
 message=$(cat)
 history_open codex
-last=$(mktemp "${TMPDIR:-/tmp}/agentroom-codex.XXXXXX")
+# codex's answer file sits beside the transcript, one per peer (the daemon runs one handler at a time per
+# peer), emptied first: a run stopped at the daemon's timeout (SIGTERM, then SIGKILL: no trap can be
+# counted on) leaves at most this private file, which the next run reuses, never a file per run in /tmp.
+last=${history%.txt}.last
+: >"$last"
 trap 'rm -f "$last"' EXIT
+trap 'exit 143' TERM
 # Prompt on stdin ("-"); the final answer is written to $last; progress output goes to our stderr (the log).
 if ! history_prompt "$message" | codex exec --skip-git-repo-check -s read-only \
     ${CODEX_HANDLER_MODEL:+--model "$CODEX_HANDLER_MODEL"} -o "$last" - >&2; then

@@ -1,6 +1,7 @@
 """Defects found in the daemon's lifecycle, configuration and packaging, each pinned by the test that found it."""
 
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -18,6 +19,9 @@ from support.processes import DaemonProcess, home_dir
 from agentroomd.config import ConfigError, load_config, resolve_paths
 from agentroomd.daemon import check_service_tables
 from agentroomd.files import atomic_write
+from agentroomd.handlers import HandlerLimits, HandlerOutcome, run_handler
+
+CONTRIB_HANDLERS = Path(__file__).resolve().parents[2] / "contrib" / "handlers"
 
 
 @pytest.fixture
@@ -61,7 +65,10 @@ def test_a_home_that_is_a_shared_sticky_directory_is_refused_and_left_alone(scra
     shared.mkdir()
     shared.chmod(0o1777)
     daemon = DaemonProcess(shared)
-    assert daemon.wait_exit() == 2
+    try:
+        assert daemon.wait_exit() == 2
+    finally:
+        daemon.close()
     error = daemon.log_events()[-1]
     assert error["event"] == "config_invalid" and str(shared) in error["error"] and "shared" in error["error"]
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
@@ -139,7 +146,10 @@ def test_a_bad_environment_override_of_a_service_table_names_the_variable(
 
 def test_the_daemon_names_a_bad_environment_override_of_the_relay_table(home: Path) -> None:
     daemon = DaemonProcess(home, env=isolated_env(AGENTROOM_RELAY_PORT="abc"))
-    assert daemon.wait_exit() == 2
+    try:
+        assert daemon.wait_exit() == 2
+    finally:
+        daemon.close()
     error = daemon.log_events()[-1]
     assert error["event"] == "config_invalid" and "environment variable AGENTROOM_RELAY_PORT" in error["error"]
 
@@ -218,3 +228,30 @@ def test_the_demo_ignores_the_users_agentroom_settings(scratch: Path) -> None:
     assert "plaintext found in them: 0 of 6 messages" in done.stdout
     assert not (scratch / "mine.sock").exists()
     assert os.listdir(scratch) == []
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+
+async def test_a_codex_handler_stopped_at_its_timeout_leaves_no_file_behind(scratch: Path) -> None:
+    # The daemon ends a handler past `[handlers] timeout_s` with SIGTERM and SIGKILL to its group; codex.sh's
+    # EXIT trap never ran then, so every timed-out run left an agentroom-codex.* file in $TMPDIR for good.
+    fakes, tmp, state = scratch / "bin", scratch / "tmp", scratch / "state"
+    fakes.mkdir()
+    tmp.mkdir()
+    (fakes / "codex").write_text(
+        '#!/bin/sh\ncat >/dev/null\n[ -n "$FAKE_HANG" ] && exec sleep 30\n'
+        'while [ "$1" != -o ]; do shift; done; echo "codex answer" >"$2"\n'
+    )
+    (fakes / "codex").chmod(0o755)
+    env = {"PATH": f"{fakes}:/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(tmp),
+           "AGENTROOM_HANDLER_STATE": str(state)}  # fmt: skip
+    command = shlex.quote(str(CONTRIB_HANDLERS / "codex.sh"))
+    limits = HandlerLimits(timeout_s=1.0, kill_grace_s=5.0)
+    extra = {"AGENTROOM_FROM": "peer"}
+    hung = await run_handler(command, "hello", extra, limits, base_env={**env, "FAKE_HANG": "1"})
+    assert hung.outcome is HandlerOutcome.TIMED_OUT
+    assert os.listdir(tmp) == []
+    answered = await run_handler(command, "again", extra, limits, base_env=env)
+    assert answered.reply == "codex answer"
+    assert os.listdir(tmp) == [] and os.listdir(state / "codex") == ["peer.txt"]  # the transcript only
