@@ -233,6 +233,8 @@ NotifyAccess=main
 ExecStart={command}
 Restart=on-failure
 RestartSec=2
+# A bad configuration (2) or a daemon already running on the home (3) is not cured by a restart.
+RestartPreventExitStatus=2 3
 TimeoutStartSec=60
 # Longer than the daemon's own shutdown grace: rooms close their sockets before the unit is killed.
 TimeoutStopSec=30

@@ -203,6 +203,7 @@ def test_service_unit_has_the_required_keys_and_only_user_safe_hardening() -> No
         "Type": "notify",
         "NotifyAccess": "main",
         "Restart": "on-failure",
+        "RestartPreventExitStatus": "2 3",  # bad config, already running: restarting cannot help
         "WatchdogSec": "60",
         "ExecStart": "%h/.local/bin/agentroomd run",
         "NoNewPrivileges": "yes",
