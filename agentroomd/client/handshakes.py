@@ -115,7 +115,7 @@ class Handshakes:
             raise ClientError("invite_expired", f"invite rejected: {exc}") from exc
         except RatchetError as exc:
             raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        if inviter in self.m._peers:
+        if inviter in self.m._peers and self.m.peer_state(inviter) != "closed":  # closed: a new conversation
             raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
         try:
             if version == 3:
@@ -142,6 +142,7 @@ class Handshakes:
                                           version=version)
             if not added:
                 raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
+            self.m._sessions.pop(inviter, None)  # a closed session with this peer was replaced
             self.remember(inviter, session, relay_url, handshake, alias, version)
         try:
             answer = await self.m._request(conn, claim.msg_id, serialize_frame(claim), timeout_s)
@@ -178,7 +179,7 @@ class Handshakes:
 
     async def on_session_init(self, conn: Any, init: SessionInit) -> None:
         pk = init.from_
-        if pk in self.m._peers:
+        if pk in self.m._peers and self.m.peer_state(pk) != "closed":  # closed: a new invite starts over
             self.m.counters.duplicates += 1
             self.m.log.info("session_init.duplicate", peer=short_pk(pk))
             return

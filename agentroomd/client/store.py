@@ -332,6 +332,9 @@ class ClientStore:
                  outbox_frame: tuple[str, str] | None = None) -> bool:
         """Insert a new peer; False when the peer already exists (a duplicate SESSION_INIT is ignored).
 
+        A peer whose session was closed is replaced: a closed session ends a conversation, and the next
+        one starts with a new invite.
+
         With ``invite_id`` the invite is marked redeemed in the same transaction, so an invite can
         create at most one session even if two SESSION_INITs race; ``meta`` (e.g. the v3 invite
         registry that the redemption changed) is written in that transaction too, and so is
@@ -340,7 +343,8 @@ class ClientStore:
         """
 
         def body(db: sqlite3.Connection) -> bool:
-            if db.execute("SELECT 1 FROM peers WHERE pk = ?", (pk,)).fetchone():
+            existing = db.execute("SELECT handshake FROM peers WHERE pk = ?", (pk,)).fetchone()
+            if existing is not None and existing[0] != "closed":
                 return False
             if invite_id is not None:
                 cur = db.execute(
@@ -348,6 +352,8 @@ class ClientStore:
                 )
                 if cur.rowcount != 1:
                     return False
+            if existing is not None:
+                db.execute("DELETE FROM peers WHERE pk = ?", (pk,))
             db.execute(
                 "INSERT INTO peers (pk, alias, relay_url, created_at, state, handshake, version)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -227,3 +227,30 @@ async def test_a_connection_that_went_silent_is_given_up_and_its_messages_arrive
     assert status == "delivered"  # the relay handed it to alice's old socket, which leads nowhere
     assert (await alice.next_message()).text == "sent into the void"
     assert conn.connects == 2
+
+
+@pytest.mark.parametrize("closer", ["inviter", "invitee"])
+async def test_after_a_close_a_new_invite_starts_a_new_conversation(world: World, closer: str) -> None:
+    """A closed session says "a new conversation needs a new invite": the new invite between the same two works.
+
+    Before: the invitee refused it with AlreadyExists ("already in a session"), and the inviter would
+    have dropped the SESSION_INIT as a duplicate, so the two could never talk again.
+    """
+    relay, alice, bob = world.relay, world.alice, world.bob
+    await pair(alice, bob, relay.url)
+    await alice.manager.send_message(bob.pk, "first conversation")
+    assert (await bob.next_message()).text == "first conversation"
+    if closer == "inviter":
+        await alice.manager.close_peer(bob.pk)
+    else:
+        await bob.manager.close_peer(alice.pk)
+    with trio.fail_after(WAIT_S):  # the CLOSE reached the other side
+        while {alice.manager.peer_state(bob.pk), bob.manager.peer_state(alice.pk)} != {"closed"}:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    await pair(alice, bob, relay.url)
+    assert [(p.pk, alice.manager.peer_state(p.pk)) for p in alice.manager.peers()] == [(bob.pk, "established")]
+    assert [(p.pk, bob.manager.peer_state(p.pk)) for p in bob.manager.peers()] == [(alice.pk, "established")]
+    for sender, receiver, text in [(alice, bob, "second conversation"), (bob, alice, "and back")]:
+        status, _, _ = await sender.manager.send_message(receiver.pk, text)
+        assert status == "delivered"
+        assert (await receiver.next_message()).text == text
