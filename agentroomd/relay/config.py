@@ -81,8 +81,9 @@ class RelayConfig:
             "token_ttl_s", "invite_max_ttl_days", "backpressure_bytes", "auth_timeout_s", "shutdown_grace_s",
             "prune_interval_s", "max_outstanding_challenges",
         )  # fmt: skip
-        found += [f"{key}: must be greater than 0" for key in positive if getattr(self, key) <= 0]
-        if self.ping_interval_s is not None and self.ping_interval_s <= 0:
+        # `not > 0`, not `<= 0`: a NaN (TOML `nan`, or "nan" in the environment) is no duration either
+        found += [f"{key}: must be greater than 0" for key in positive if not getattr(self, key) > 0]
+        if self.ping_interval_s is not None and not self.ping_interval_s > 0:
             found.append("ping_interval_s: must be greater than 0 (or absent)")
         if self.log_level not in ("debug", "info", "warn", "error"):
             found.append("log_level: must be one of debug, info, warn, error")
