@@ -62,7 +62,7 @@ def test_environment_overrides_the_table_and_flags_override_both() -> None:
         ({"port": 70000}, {}, "port: must be 0..65535"),
         ({"max_pending_msgs": 0}, {}, "max_pending_msgs: must be greater than 0"),
         ({"shutdown_grace_s": float("nan")}, {}, "shutdown_grace_s: must be greater than 0"),
-        ({}, {"PING_INTERVAL_S": "nan"}, "ping_interval_s: must be greater than 0"),
+        ({"ping_interval_s": float("nan")}, {}, "ping_interval_s: must be greater than 0"),
         ({"log_level": "loud"}, {}, "log_level: must be one of"),
         ({"hmac_secret": 5}, {}, "hmac_secret ([relay] table): expected a string, got <hidden>"),
     ],
