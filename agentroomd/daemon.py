@@ -33,6 +33,7 @@ from typing import Any
 
 import trio
 
+from agentroomd import handlers
 from agentroomd.client.service import run_sessions
 from agentroomd.client.store import StoreError, StoreFlushError
 from agentroomd.config import Config, ConfigError, Paths, env_overrides, load_config, prepare_dirs, resolve_paths
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # agentroomctl autostart: "ready\n" here
     args = parser.parse_args(argv)
     # Every file the daemon creates is private (client.db holds the sessions' keys), whatever umask the shell
-    # that autostarted us had: the same UMask=0077 as the systemd unit. Handlers and tunnels inherit it too.
-    os.umask(0o077)
+    # that autostarted us had: the same UMask=0077 as the systemd unit. Handlers get the umask we were
+    # started with back: they are the user's agents, creating the user's files.
+    handlers.set_child_umask(os.umask(0o077))
 
     log = Logger("agentroomd")
     try:

@@ -197,6 +197,20 @@ class _CappedReader:
         return decode_output(_cut_utf8(data, self.cap) if self.overflowed else data)
 
 
+_child_umask: int | None = None
+
+
+def set_child_umask(mask: int | None) -> None:
+    """Give handlers this umask instead of the daemon's own.
+
+    The daemon runs with umask 077 (its files hold keys), but a handler is the user's agent working in the
+    user's files: what it creates should get the umask the user started us with (the shell's, or the
+    systemd unit's `UMask=`), not ours.
+    """
+    global _child_umask
+    _child_umask = mask
+
+
 async def run_handler(
     cmd: str,
     text: str,
@@ -229,6 +243,7 @@ async def run_handler(
         start_new_session=True,
         env=env,
         deliver_cancel=partial(_terminate_group, limits.kill_grace_s),
+        umask=-1 if _child_umask is None else _child_umask,  # -1: inherit (subprocess.Popen's default)
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.ctl import ctl, json_out
 from support.env import isolated_env, short_dir
+from support.home import homes
 from support.processes import DaemonProcess, home_dir
 
 from agentroomd.config import ConfigError, load_config, resolve_paths
@@ -185,6 +186,21 @@ def test_state_files_are_private_whatever_umask_started_the_daemon(home: Path) -
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
     finally:
         daemon.close(graceful=True)
+
+
+def test_handlers_create_files_with_the_umask_the_daemon_was_started_with(scratch: Path) -> None:
+    # The daemon's own files are private (umask 077), but a handler is the user's agent working on the
+    # user's files: what it creates gets the umask the daemon was started with (022 here), not 077.
+    made = scratch / "made-by-handler"
+    with homes("", "") as (host, guest):
+        host.start(argv_prefix=["/bin/sh", "-c", 'umask 022; exec "$0" "$@"'])
+        guest.start()
+        room = host.json("room", "open", "--no-tunnel", "--on-message", f"touch {made}; echo made")
+        guest.json("invite", "accept", room["invite_url"], "--seed", "make a file")
+        [reply] = guest.listen(1)
+        assert reply["text"] == "made"
+        assert stat.S_IMODE(made.stat().st_mode) == 0o644
+        assert stat.S_IMODE((host.path / "client.db").stat().st_mode) == 0o600  # ours stay private
 
 
 def test_concurrent_atomic_writes_of_one_file_neither_fail_nor_tear(scratch: Path) -> None:
