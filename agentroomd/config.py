@@ -205,7 +205,7 @@ class ClientSettings:
     reconnect_initial_s: float = 1.0  # first backoff delay after a lost connection
     reconnect_max_s: float = 60.0  # backoff cap
     ack_timeout_s: float = 10.0  # how long message.send waits for the relay's ACK
-    ping_interval_s: float = 30.0  # PING when the connection has been idle this long
+    ping_interval_s: float = 30.0  # PING this often; nothing received for one interval after a PING: reconnect
     invite_ttl_s: int = 86_400  # default lifetime of `invite create`
 
     def problems(self) -> list[tuple[str, str]]:
