@@ -68,6 +68,7 @@ class Counters:
     duplicates: int = 0
     unsolicited_session_init: int = 0
     misaddressed: int = 0
+    prune_failures: int = 0  # rounds of erasing expired keys that the store refused (retried every 300 s)
 
 
 @attrs.define
@@ -174,7 +175,13 @@ class SessionManager:
 
     async def _prune_skipped_keys_forever(self) -> None:
         while True:
-            await self.prune_expired_keys()
+            try:
+                await self.prune_expired_keys()
+            except StoreError as exc:
+                # A full or read-only disk: the expired keys stay on disk until a later round can erase them
+                # (said in the log); sending and receiving go on, as they do through other failed writes.
+                self.counters.prune_failures += 1
+                self.log.error("prune.failed", error=str(exc))
             await trio.sleep(PRUNE_INTERVAL_S)
 
     async def prune_expired_keys(self) -> int:

@@ -254,3 +254,26 @@ async def test_after_a_close_a_new_invite_starts_a_new_conversation(world: World
         status, _, _ = await sender.manager.send_message(receiver.pk, text)
         assert status == "delivered"
         assert (await receiver.next_message()).text == text
+
+
+async def test_a_prune_the_disk_refuses_is_tried_again_and_stops_nothing(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Erasing expired keys is a write like any other: a disk that refuses it must not end the daemon.
+
+    Before: the StoreError left the pruning task and ended the whole session manager.
+    """
+    from agentroomd.client import manager
+
+    monkeypatch.setattr(manager, "PRUNE_INTERVAL_S", 0.02)  # a round every 20 ms instead of every 5 min
+    relay = await nursery.start(serve_relay, relay_config(tmp_path))
+    alice = await start_agent(nursery, tmp_path / "alice", "alice")
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    await pair(alice, bob, relay.url)
+    read_only(alice, True)
+    with trio.fail_after(WAIT_S):
+        while alice.manager.counters.prune_failures < 2:  # noqa: ASYNC110 - a round has no event of its own
+            await trio.sleep(0.01)
+    read_only(alice, False)
+    await bob.manager.send_message(alice.pk, "still here")
+    assert (await alice.next_message()).text == "still here"
