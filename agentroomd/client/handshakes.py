@@ -115,7 +115,8 @@ class Handshakes:
             raise ClientError("invite_expired", f"invite rejected: {exc}") from exc
         except RatchetError as exc:
             raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        if inviter in self.m._peers and self.m.peer_state(inviter) != "closed":  # closed: a new conversation
+        # closed, or our claim never answered (the inviter lost the invite, or came back too late): start over
+        if inviter in self.m._peers and self.m.peer_state(inviter) not in ("closed", "pending"):
             raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
         try:
             if version == 3:
@@ -139,10 +140,10 @@ class Handshakes:
         event = self.handshake_events.setdefault(inviter, trio.Event())
         async with self.m._lock(inviter):
             added = await self.m.store.call(self.m.store.add_peer, inviter, relay_url, state, handshake, alias,
-                                          version=version)
+                                          version=version, replace_unanswered=True)
             if not added:
                 raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
-            self.m._sessions.pop(inviter, None)  # a closed session with this peer was replaced
+            self.m._sessions.pop(inviter, None)  # a closed session (or an unanswered claim) was replaced
             self.remember(inviter, session, relay_url, handshake, alias, version)
         try:
             answer = await self.m._request(conn, claim.msg_id, serialize_frame(claim), timeout_s)

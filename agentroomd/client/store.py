@@ -25,6 +25,7 @@ checkpoint, runs in a worker thread through `ClientStore.call`; both are seriali
 CapacityLimiter(1) because one sqlite3 connection must not be used by two threads at once.
 """
 
+import json
 import os
 import sqlite3
 import time
@@ -157,6 +158,16 @@ class JournalRow:
     text: str
     ts: int
     status: str
+
+
+def _unanswered(handshake: str) -> bool:
+    """Whether a peer's handshake column is our v3 claim still waiting for the inviter's answer."""
+    if not handshake.startswith("{"):
+        return False
+    try:
+        return bool(json.loads(handshake).get("state") == "claimed-v3")
+    except ValueError:
+        return False
 
 
 def _now_ms() -> int:
@@ -329,11 +340,12 @@ class ClientStore:
 
     def add_peer(self, pk: str, relay_url: str, state: bytes, handshake: str, alias: str | None = None,
                  invite_id: str | None = None, version: int = 2, meta: dict[str, str] | None = None,
-                 outbox_frame: tuple[str, str] | None = None) -> bool:
+                 outbox_frame: tuple[str, str] | None = None, replace_unanswered: bool = False) -> bool:
         """Insert a new peer; False when the peer already exists (a duplicate SESSION_INIT is ignored).
 
         A peer whose session was closed is replaced: a closed session ends a conversation, and the next
-        one starts with a new invite.
+        one starts with a new invite. With ``replace_unanswered`` (accepting a new invite) so is our v3
+        claim that the inviter never answered, with the frames kept for it.
 
         With ``invite_id`` the invite is marked redeemed in the same transaction, so an invite can
         create at most one session even if two SESSION_INITs race; ``meta`` (e.g. the v3 invite
@@ -344,7 +356,10 @@ class ClientStore:
 
         def body(db: sqlite3.Connection) -> bool:
             existing = db.execute("SELECT handshake FROM peers WHERE pk = ?", (pk,)).fetchone()
-            if existing is not None and existing[0] != "closed":
+            replaceable = existing is not None and (
+                existing[0] == "closed" or (replace_unanswered and _unanswered(existing[0]))
+            )
+            if existing is not None and not replaceable:
                 return False
             if invite_id is not None:
                 cur = db.execute(
@@ -354,6 +369,7 @@ class ClientStore:
                     return False
             if existing is not None:
                 db.execute("DELETE FROM peers WHERE pk = ?", (pk,))
+                db.execute("DELETE FROM early_frames WHERE peer_pk = ?", (pk,))  # they belonged to that one
             db.execute(
                 "INSERT INTO peers (pk, alias, relay_url, created_at, state, handshake, version)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -277,3 +277,36 @@ async def test_a_prune_the_disk_refuses_is_tried_again_and_stops_nothing(
     read_only(alice, False)
     await bob.manager.send_message(alice.pk, "still here")
     assert (await alice.next_message()).text == "still here"
+
+
+async def test_a_claim_the_inviter_never_answers_does_not_block_its_next_invite(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    """Our v3 claim waited for an answer that will never come (here: the inviter lost its home and with it
+    the invite); a fresh invite from the same inviter must start the conversation.
+
+    Before: the peer stayed "pending" for good, `close` refused it (no session), and every later invite
+    from that inviter was refused as AlreadyExists: the two could never talk again.
+    """
+    relay = await nursery.start(serve_relay, relay_config(tmp_path))
+    identity = KeyPair.generate()
+    alice = await start_agent(nursery, tmp_path / "alice", "alice", identity)
+    invite = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000)
+    alice.scope.cancel()  # offline before anyone claims
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    _, _, answered = await bob.manager.accept_invite(invite.url, wait_ack_s=0.2)
+    assert not answered and bob.manager.peer_state(identity_pk(identity)) == "pending"
+    # The inviter comes back without the invite (a new home): the claim is refused, bob is never answered.
+    alice = await start_agent(nursery, tmp_path / "alice-again", "alice", identity)
+    again = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000)
+    peer, _, answered = await bob.manager.accept_invite(again.url)
+    assert (peer, answered) == (alice.pk, True)
+    assert bob.manager.peer_state(alice.pk) == "established"
+    await bob.manager.send_message(alice.pk, "at last")
+    assert (await alice.next_message()).text == "at last"
+
+
+def identity_pk(identity: KeyPair) -> str:
+    from ratchet.encoding import b64u_encode
+
+    return b64u_encode(identity.ed25519_pk)
