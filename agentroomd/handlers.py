@@ -56,6 +56,7 @@ LOOP_GUARD_WINDOW_S = 60.0
 _READ_CHUNK = 65536
 #: How long the pipes are still read once the handler's main process has exited and its group is gone.
 PIPES_AFTER_EXIT_S = 1.0
+GROUP_POLL_S = 0.02  # how often a stopped handler's group is checked for emptiness during its grace
 
 
 _positive = attrs.validators.gt(0)
@@ -158,11 +159,41 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _terminate_group(grace_s: float, process: trio.Process) -> None:
-    """`run_process`'s ``deliver_cancel``: TERM the whole group, then KILL it after a grace period."""
-    _signal_group(process.pid, signal.SIGTERM)
-    await trio.sleep(grace_s)
-    _signal_group(process.pid, signal.SIGKILL)
+class _GroupStopper:
+    """Stops a handler's process group: TERM, then KILL after ``grace_s``, the grace counting for the group.
+
+    `run_process` cancels its ``deliver_cancel`` as soon as the group's leader exits, and with
+    ``sh -c "prog; ..."`` the leader is a shell that dies at once on SIGTERM: the grace would end there,
+    before ``prog`` (the handler that matters) has finished its own cleanup. So the rest of the grace is
+    spent in `wait_for_group`, until the group is empty.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.termed_at: float | None = None
+
+    async def deliver_cancel(self, process: trio.Process) -> None:
+        """`run_process`'s ``deliver_cancel``: TERM the whole group, then KILL it after the grace."""
+        self.termed_at = trio.current_time()
+        _signal_group(process.pid, signal.SIGTERM)
+        await trio.sleep(self.grace_s)
+        _signal_group(process.pid, signal.SIGKILL)
+
+    async def wait_for_group(self, pgid: int) -> None:
+        """After a TERM: until the group is empty or the grace is over (then the caller KILLs what is left)."""
+        if self.termed_at is None:
+            return
+        deadline = self.termed_at + self.grace_s
+        while trio.current_time() < deadline and _group_alive(pgid):  # noqa: ASYNC110 - no event exists for it
+            await trio.sleep(GROUP_POLL_S)  # nothing signals that a process group became empty
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 class _CappedReader:
@@ -233,6 +264,7 @@ async def run_handler(
     timed_out = False
     process: trio.Process | None = None
     spawn_error: str | None = None
+    stopper = _GroupStopper(limits.kill_grace_s)
     run = partial(
         trio.run_process,
         [SHELL, "-c", cmd],
@@ -242,7 +274,7 @@ async def run_handler(
         check=False,
         start_new_session=True,
         env=env,
-        deliver_cancel=partial(_terminate_group, limits.kill_grace_s),
+        deliver_cancel=stopper.deliver_cancel,
         umask=-1 if _child_umask is None else _child_umask,  # -1: inherit (subprocess.Popen's default)
     )
     try:
@@ -265,6 +297,8 @@ async def run_handler(
         spawn_error = "; ".join(str(exc) for exc in group.exceptions)
     finally:
         if process is not None:
+            with trio.CancelScope(shield=True):  # a stop that was asked for keeps its grace, also on cancel
+                await stopper.wait_for_group(process.pid)
             _signal_group(process.pid, signal.SIGKILL)  # leftovers of the group, whatever happened
     returncode = process.returncode if process is not None else None
     duration = trio.current_time() - started_at

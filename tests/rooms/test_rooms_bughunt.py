@@ -178,3 +178,25 @@ def test_a_cloudflared_this_machine_cannot_run_fails_the_room_at_once(tmp_path: 
         assert (refused.returncode, error["type"]) == (1, "agentroom.TunnelUnavailable")
         assert "Exec format error" in error["message"] and "not a program this machine can run" in error["message"]
         assert host.json("room", "list") == {"rooms": []}
+
+
+async def test_a_handler_stopped_at_its_timeout_gets_its_grace_even_behind_a_shell(scratch: Path) -> None:
+    # `sh -c "prog; echo"` keeps the shell as the group's leader, and the shell dies at once on SIGTERM;
+    # the SIGKILL of the rest of the group used to follow right away, so `prog`'s own cleanup (here, a
+    # TERM handler that takes 0.3 s) never ran: kill_grace_s covered the shell only.
+    cleaned = scratch / "cleaned"
+    prog = (
+        "import signal, sys, time\n"
+        "def done(*_):\n"
+        f"    time.sleep(0.3); open({str(cleaned)!r}, 'w').write('ok'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, done)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    script = scratch / "slow_cleanup.py"
+    script.write_text(prog)
+    limits = HandlerLimits(timeout_s=1.0, kill_grace_s=5.0)
+    result = await run_handler(f"{sys.executable} {script}; echo after", "hi", ENV, limits)
+    assert result.timed_out
+    assert cleaned.read_text() == "ok"
+    assert result.duration_s < 4  # the group was gone after the cleanup: no need to wait out the grace
