@@ -115,7 +115,9 @@ class Handshakes:
             raise ClientError("invite_expired", f"invite rejected: {exc}") from exc
         except RatchetError as exc:
             raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        # closed, or our claim never answered (the inviter lost the invite, or came back too late): start over
+        # closed, or our claim never answered (the inviter lost the invite, or came back too late): start over.
+        # An open session is kept: the peer is stored before the claim goes out, so replacing it here would
+        # lose it whenever the relay then refuses the claim (used, expired).
         if inviter in self.m._peers and self.m.peer_state(inviter) not in ("closed", "pending"):
             raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
         try:
@@ -180,18 +182,24 @@ class Handshakes:
 
     async def on_session_init(self, conn: Any, init: SessionInit) -> None:
         pk = init.from_
-        if pk in self.m._peers and self.m.peer_state(pk) != "closed":  # closed: a new invite starts over
-            self.m.counters.duplicates += 1
-            self.m.log.info("session_init.duplicate", peer=short_pk(pk))
-            return
         try:
             is_v3 = b64u_decode(init.ciphertext)[:2] == V3_INIT_PREFIX
         except EncodingError:
             is_v3 = False
+        existing = self.m._peers.get(pk)
+        # closed: a new invite starts over; v2 over v2: a fresh, unredeemed invite replaces it (as the reference
+        # does), which `_on_session_init_v2` checks: the same SESSION_INIT again is still a duplicate there
+        if existing is not None and self.m.peer_state(pk) != "closed" and not (not is_v3 and existing.version == 2):
+            self._duplicate(pk)
+            return
         if is_v3:
             await self._on_session_init_v3(conn, init)
         else:
             await self._on_session_init_v2(conn, init)
+
+    def _duplicate(self, pk: str) -> None:
+        self.m.counters.duplicates += 1
+        self.m.log.info("session_init.duplicate", peer=short_pk(pk))
 
     async def _on_session_init_v2(self, conn: Any, init: SessionInit) -> None:
         pk = init.from_
@@ -203,6 +211,9 @@ class Handshakes:
             self._unsolicited(pk, str(exc)[:200])
             return
         invite = await self.m.store.call(self.m.store.invite_by_nonce, nonce)
+        if invite is not None and invite.redeemed_by == pk and pk in self.m._peers:
+            self._duplicate(pk)  # the claim that made the session we have, delivered again
+            return
         if invite is None or invite.redeemed_by is not None or self.m.clock_ms() > invite.expires_at + INVITE_GRACE_MS:
             why = "unknown invite" if invite is None else ("reused" if invite.redeemed_by else "expired")
             self._unsolicited(pk, why)
@@ -216,7 +227,8 @@ class Handshakes:
         async with self.m._lock(pk):
             store = self.m.store
             added = await store.call(store.add_peer, pk, invite.relay_url, peer.dump(), "established", None,
-                                     invite.invite_id, outbox_frame=(ack.msg_id, serialize_frame(ack)))
+                                     invite.invite_id, outbox_frame=(ack.msg_id, serialize_frame(ack)),
+                                     replace_open_v2=True)
             if not added:
                 self._unsolicited(pk, "reused")
                 return

@@ -340,12 +340,15 @@ class ClientStore:
 
     def add_peer(self, pk: str, relay_url: str, state: bytes, handshake: str, alias: str | None = None,
                  invite_id: str | None = None, version: int = 2, meta: dict[str, str] | None = None,
-                 outbox_frame: tuple[str, str] | None = None, replace_unanswered: bool = False) -> bool:
+                 outbox_frame: tuple[str, str] | None = None, replace_unanswered: bool = False,
+                 replace_open_v2: bool = False) -> bool:
         """Insert a new peer; False when the peer already exists (a duplicate SESSION_INIT is ignored).
 
         A peer whose session was closed is replaced: a closed session ends a conversation, and the next
         one starts with a new invite. With ``replace_unanswered`` (accepting a new invite) so is our v3
-        claim that the inviter never answered, with the frames kept for it.
+        claim that the inviter never answered, with the frames kept for it; with ``replace_open_v2`` (a
+        new v2 invite) so is an open v2 session, as the reference does: a TypeScript peer that lost its
+        session starts over with a fresh invite (the invite, redeemed here, stops any replay).
 
         With ``invite_id`` the invite is marked redeemed in the same transaction, so an invite can
         create at most one session even if two SESSION_INITs race; ``meta`` (e.g. the v3 invite
@@ -355,9 +358,11 @@ class ClientStore:
         """
 
         def body(db: sqlite3.Connection) -> bool:
-            existing = db.execute("SELECT handshake FROM peers WHERE pk = ?", (pk,)).fetchone()
+            existing = db.execute("SELECT handshake, version FROM peers WHERE pk = ?", (pk,)).fetchone()
             replaceable = existing is not None and (
-                existing[0] == "closed" or (replace_unanswered and _unanswered(existing[0]))
+                existing[0] == "closed"
+                or (replace_unanswered and _unanswered(existing[0]))
+                or (replace_open_v2 and version == 2 and existing[1] == 2)
             )
             if existing is not None and not replaceable:
                 return False

@@ -310,3 +310,30 @@ def identity_pk(identity: KeyPair) -> str:
     from ratchet.encoding import b64u_encode
 
     return b64u_encode(identity.ed25519_pk)
+
+
+async def test_a_peer_with_an_open_v2_session_that_claims_a_fresh_v2_invite_starts_over(
+    tmp_path: Path, nursery: trio.Nursery, world: World,
+) -> None:
+    """A TypeScript peer that lost its session (its 30-day clean-up keeps the key) accepts a fresh invite of
+    ours: the reference inviter replaces the session, and so must we, or the pair can never talk again.
+
+    Before: our inviter dropped the SESSION_INIT as a duplicate while the invitee believed it had a session.
+    """
+    relay, alice, bob = world.relay, world.alice, world.bob
+    identity = bob.manager.identity
+    await pair(alice, bob, relay.url, version=2)
+    await bob.manager.send_message(alice.pk, "first conversation")
+    assert (await alice.next_message()).text == "first conversation"
+    bob.scope.cancel()  # bob loses his home (and his session), not his key
+    bob = await start_agent(nursery, tmp_path / "bob-again", "bob", identity)
+    again = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000, version=2)
+    peer, _, answered = await bob.manager.accept_invite(again.url)
+    assert (peer, answered) == (alice.pk, True)
+    for sender, receiver, text in ((bob, alice, "second conversation"), (alice, bob, "heard you")):
+        status, _, _ = await sender.manager.send_message(receiver.pk, text)
+        assert status == "delivered"
+        assert (await receiver.next_message()).text == text
+    assert [p.pk for p in alice.manager.peers()] == [bob.pk]
+    # the fresh claim was taken as a new conversation, neither a duplicate nor an unsolicited one
+    assert alice.manager.counters.unsolicited_session_init == 0
