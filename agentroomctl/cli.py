@@ -643,6 +643,9 @@ def cmd_serve(args: argparse.Namespace, client: ControlClient) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends `serve` like Ctrl-C: exit 0
     if args.seed is not None and not args.to:
         raise UsageError("--seed needs --to PEER")
+    if args.to is not None and args.seed is None:
+        # --to only says where the seed goes: alone it would serve every peer, not the one it names
+        raise UsageError("--to PEER needs --seed TEXT (it names the peer the seed goes to; serve answers every peer)")
     if args.seed is not None and not args.seed:
         raise UsageError("--seed: the message is empty")
     started = client.call(
