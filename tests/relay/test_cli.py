@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -113,7 +113,6 @@ async def test_sigkill_loses_nothing_acknowledged_as_queued(tmp_path: Path) -> N
 
 async def test_usage_errors_exit_2(tmp_path: Path) -> None:
     for args, env, message in (
-        (["--tunnel"], {}, "--tunnel is not available yet"),
         ([], {"PORT": "eighty"}, "port (environment PORT): expected an integer"),
     ):
         result = await trio.run_process(
@@ -125,3 +124,55 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
         )
         assert result.returncode == 2
         assert message in result.stderr.decode()
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[dict[str, object]]:
+    buffer = b""
+    while chunk := await stream.receive_some(65_536):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield json.loads(line)
+
+
+async def test_tunnel_publishes_the_relay_and_ends_with_it(tmp_path: Path) -> None:
+    from support.fake_cloudflared import install_fake_cloudflared
+
+    fake = install_fake_cloudflared(tmp_path)
+    env = relay_env(tmp_path / "home", AGENTROOM_CLOUDFLARED=str(fake.binary))
+    command = [sys.executable, "-m", "agentroomd", "relay", "--port", "0", "--db", ":memory:", "--tunnel"]
+    proc = await trio.lowlevel.open_process(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(20):
+            async with aclosing(_lines(proc.stdout)) as events:
+                ready = await anext(events)
+                assert ready["event"] == "ready"
+                tunnel = await anext(events)
+                while tunnel["url"] is None:  # starting, then running with its URL
+                    tunnel = await anext(events)
+        assert (tunnel["event"], tunnel["state"]) == ("tunnel", "running")
+        assert tunnel["url"] == "wss://fake-run-1.trycloudflare.com/ws"
+        assert [call["argv"] for call in fake.calls()] == [
+            ["tunnel", "--url", f"http://127.0.0.1:{ready['port']}", "--no-autoupdate"]
+        ]
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    fake.assert_none_left()
+
+
+async def test_tunnel_without_cloudflared_stops_the_relay_saying_why(tmp_path: Path) -> None:
+    env = relay_env(tmp_path / "home", PATH=str(tmp_path))  # nothing to run there
+    command = [sys.executable, "-m", "agentroomd", "relay", "--port", "0", "--db", ":memory:", "--tunnel"]
+    with trio.fail_after(20):
+        result = await trio.run_process(command, env=env, capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 1
+    events = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [e["event"] for e in events] == ["ready", "tunnel"]
+    assert events[1]["state"] == "fatal" and "cloudflared not found" in str(events[1]["last_error"])
+    assert "cloudflared not found" in result.stderr.decode()
