@@ -46,7 +46,7 @@ HINTS = {
     "agentroom.RelayUnreachable": "check the relay URL and that the relay is up (see `agentroomctl status`)",
     "agentroom.InviteExpired": "ask the inviter for a new invite",
     "agentroom.InviteUsed": "an invite works once; ask the inviter for a new one",
-    "agentroom.InviteInvalid": "copy the whole agentroom://invite/... URL again",
+    "agentroom.InviteInvalid": "copy the whole agentroom://invite3/... (or invite/) URL again",
     "agentroom.DiskFull": "free some disk space and retry; nothing was changed",
     "agentroom.NotImplemented": "this agentroomd does not support it yet; upgrade agentroom",
     "jsonrpc.MethodNotFound": "agentroomctl and agentroomd differ in version: restart the daemon (agentroomctl stop)",

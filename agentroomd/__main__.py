@@ -9,9 +9,16 @@ import argparse
 import sys
 from pathlib import Path
 
+USAGE = """usage: agentroomd [run] [options]      the daemon (agentroomd run --help for its options)
+       agentroomd relay [options]      a relay on its own (agentroomd relay --help)
+       agentroomd install-service      write the systemd user unit (agentroomd install-service --help)"""
+
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
     if args and args[0] == "relay":
         from agentroomd.relay.cli import main as relay_main
 

@@ -324,7 +324,7 @@ def install_service(
         "systemctl --user daemon-reload",
         f"systemctl --user enable --now {' '.join(enable)}",
         "# keep it running after you log out:",
-        f"loginctl enable-linger {shlex.quote(env.get('USER', '') or '$USER')}",
+        "loginctl enable-linger " + (shlex.quote(env["USER"]) if env.get("USER") else '"$USER"'),
         "# follow its log:",
         "journalctl --user -u agentroomd -f",
     ]

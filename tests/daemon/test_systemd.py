@@ -249,6 +249,11 @@ def test_install_service_with_socket_activation_into_a_given_dir(tmp_path: Path)
     assert parse_unit((tmp_path / "agentroomd.socket").read_text())["Socket"]["ListenStream"] == ["/run/me/ar.sock"]
     assert "systemctl --user enable --now agentroomd.socket" in commands
     assert (tmp_path / "agentroomd.service").exists()
+    # no USER known: the printed command must still work when pasted into a shell ('$USER' would not expand)
+    [linger] = [line for line in commands.splitlines() if line.startswith("loginctl")]
+    expanded = subprocess.run(["/bin/sh", "-c", f"set -- {linger}; echo $3"], env={"USER": "ada"},
+                              capture_output=True, text=True, check=True)
+    assert expanded.stdout.strip() == "ada"
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
