@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from agentroomctl.client import ControlClient, DaemonUnreachableError
-from agentroomd.config import Paths
+from agentroomd.config import Paths, refuse_shared_home
 from agentroomd.control import api
 
 START_TIMEOUT_S = 15.0
@@ -70,7 +70,12 @@ def _hello(client: ControlClient) -> tuple[ControlClient, api.HelloResult]:
 
 
 def start_daemon(paths: Paths, timeout: float = START_TIMEOUT_S) -> None:
-    """Start a detached daemon for ``paths`` and return once it is ready; raises DaemonUnreachableError."""
+    """Start a detached daemon for ``paths`` and return once it is ready; raises DaemonUnreachableError.
+
+    A home the daemon would refuse (a shared directory such as /tmp) is a ConfigError before anything,
+    its log file included, is created there.
+    """
+    refuse_shared_home(paths)
     try:
         paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_fd = os.open(paths.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -124,11 +124,7 @@ def prepare_dirs(paths: Paths) -> None:
     would lock every other user out of it. It cannot be a home (the keys need a private directory);
     it may hold the socket (`AGENTROOM_SOCKET=/tmp/x.sock`), which is 0600 and checks its peers.
     """
-    if is_shared_dir(paths.state_dir):
-        raise ConfigError(
-            f"{paths.state_dir} is a shared directory (world-writable and sticky, like /tmp): it cannot hold "
-            "this home's keys; use a directory of its own, e.g. a new one inside it"
-        )
+    refuse_shared_home(paths)
     try:
         ensure_private_dir(paths.state_dir)
         if is_shared_dir(paths.socket_dir):
@@ -139,6 +135,15 @@ def prepare_dirs(paths: Paths) -> None:
             ensure_private_dir(paths.socket_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create directory {exc.filename or paths.state_dir}: {exc.strerror or exc}") from exc
+
+
+def refuse_shared_home(paths: Paths) -> None:
+    """ConfigError when the home's state directory is a shared one such as /tmp itself."""
+    if is_shared_dir(paths.state_dir):
+        raise ConfigError(
+            f"{paths.state_dir} is a shared directory (world-writable and sticky, like /tmp): it cannot hold "
+            "this home's keys; use a directory of its own, e.g. a new one inside it"
+        )
 
 
 def is_shared_dir(path: Path) -> bool:

@@ -76,6 +76,18 @@ def test_a_home_that_is_a_shared_sticky_directory_is_refused_and_left_alone(scra
     assert not (shared / "identity.json").exists()
 
 
+def test_agentroomctl_refuses_a_shared_home_before_writing_anything_there(scratch: Path) -> None:
+    # The daemon refused it, but autostart had already created its log file there (in /tmp itself, say).
+    shared = scratch / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    result = ctl(shared, "--json", "whoami")
+    assert result.returncode == 2
+    error = json_out(result)["error"]
+    assert error["type"] == "agentroomctl.Config" and "shared directory" in error["message"]
+    assert list(shared.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------- config
 
 
