@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def install_service_main(argv: list[str]) -> int:
     """Write agentroomd.service (and with --socket agentroomd.socket) for the current user."""
-    from agentroomd.config import ConfigError, resolve_paths
+    from agentroomd.config import ConfigError, refuse_shared_home, resolve_paths
     from agentroomd.systemd import default_exec_start, install_service
 
     parser = argparse.ArgumentParser(
@@ -51,6 +51,7 @@ def install_service_main(argv: list[str]) -> int:
     exec_start = default_exec_start()
     try:
         paths = resolve_paths(args.home)
+        refuse_shared_home(paths)  # the daemon would refuse to start there: no unit that can only fail
     except ConfigError as exc:
         print(f"agentroomd install-service: {exc}", file=sys.stderr)
         return 2

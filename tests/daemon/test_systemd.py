@@ -279,3 +279,16 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         )
         # verify exits 0 even for unknown keys or bad values: it only warns, so no output is the bar.
         assert (out.returncode, out.stderr, out.stdout) == (0, "", "")
+
+
+def test_install_service_refuses_a_home_the_daemon_would_refuse(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    units = tmp_path / "units"
+    result = subprocess.run(
+        [sys.executable, "-m", "agentroomd", "install-service", "--home", str(shared), "--unit-dir", str(units)],
+        capture_output=True, text=True, check=False, timeout=30,
+    )
+    assert result.returncode == 2 and "shared directory" in result.stderr
+    assert not units.exists()
