@@ -325,9 +325,22 @@ def cmd_status(args: argparse.Namespace, client: ControlClient) -> int:
     print(f"  control  {status.control.clients} client(s), {status.control.subscriptions} subscription(s)")
     print(f"  journal  last cursor {status.journal.last_cursor}")
     for name, document in sorted(status.services.items()):
-        fields = "  ".join(f"{key}={value}" for key, value in document.items())
+        fields = "  ".join(f"{key}={_plain(value)}" for key, value in document.items())
         print(f"  {name:<8} {fields}")
     return exitcodes.OK
+
+
+def _plain(value: object) -> str:
+    """A status value for people: `key value` pairs and words instead of Python's reprs of the JSON."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_plain(item)}" for key, item in value.items()) or "-"
+    if isinstance(value, list):
+        return "; ".join(_plain(item) for item in value) or "none"
+    return str(value)
 
 
 def cmd_whoami(args: argparse.Namespace, client: ControlClient) -> int:

@@ -46,6 +46,10 @@ def test_first_command_autostarts_a_daemon_and_reports_status_and_identity(home:
 
     human = ctl(home, "whoami")
     assert human.stdout.strip() == identity["pk"]
+    text = ctl(home, "status").stdout  # for people: words, not Python's reprs of the JSON
+    assert "  sessions peers=0  relays=none  counters=received 0, sent 0," in text
+    assert "  rooms    rooms=0  handlers=none  serving=no" in text
+    assert not any(mark in text for mark in ("{'", "[]", "False", "None"))
 
     assert stat.S_IMODE((home / "identity.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "agentroomd.sock").stat().st_mode) == 0o600
