@@ -248,10 +248,18 @@ class SessionManager:
         return list(self._connections.values())
 
     async def wait_connected(self, url: str, timeout_s: float) -> RelayConnection:
+        """The connection to ``url`` once it is up; ClientError after ``timeout_s``.
+
+        A connection this call started for nothing else (an invite naming a relay that is down) is
+        stopped again on failure: nothing would use it, and it would reconnect for as long as we run.
+        """
+        started_here = url not in self._connections
         conn = self.connection(url)
         with trio.move_on_after(timeout_s):
             await conn.wait_connected()
             return conn
+        if started_here and not any(peer.relay_url == url for peer in self._peers.values()):
+            self.close_relay(url)
         detail = f": {conn.last_error}" if conn.last_error else ""
         raise ClientError("relay_unreachable", f"cannot reach relay {url}{detail}; is it running and reachable?")
 

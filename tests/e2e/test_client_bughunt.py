@@ -18,6 +18,7 @@ import trio.testing
 from hostile.hostile_relay import serve_hostile_relay
 from test_client_sessions import Agent, Disk, pair, start_agent
 
+from agentroomd.client.manager import ClientError
 from agentroomd.log import Logger
 from agentroomd.relay.config import RelayConfig
 from agentroomd.relay.server import RelayHandle, serve_relay
@@ -337,3 +338,15 @@ async def test_a_peer_with_an_open_v2_session_that_claims_a_fresh_v2_invite_star
     assert [p.pk for p in alice.manager.peers()] == [bob.pk]
     # the fresh claim was taken as a new conversation, neither a duplicate nor an unsolicited one
     assert alice.manager.counters.unsolicited_session_init == 0
+
+
+async def test_an_invite_naming_an_unreachable_relay_leaves_no_connection_behind(world: World) -> None:
+    """Refused with RelayUnreachable, and nothing of it is kept: before, the connection to that relay went on
+    reconnecting for as long as the daemon ran (status listed it), although no peer or invite used it."""
+    relay, alice, bob = world.relay, world.alice, world.bob
+    dead = "ws://127.0.0.1:9/ws"  # the discard port: nothing listens
+    invite = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000, advertised_url=dead)
+    with pytest.raises(ClientError, match="cannot reach relay"):
+        await bob.manager.accept_invite(invite.url, timeout_s=0.3)
+    assert [conn.url for conn in bob.manager.relays()] == []
+    assert bob.manager.peers() == []
