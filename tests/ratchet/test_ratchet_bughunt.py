@@ -5,24 +5,19 @@ file can produce; the expectation is always the documented one: a `RatchetError`
 stray ValueError, struct.error or UnicodeError), and a state that keeps working afterwards.
 """
 
-import hashlib
 import json
-import uuid
 
 import attrs
 import pytest
+from v3.v3_support import ALICE, ALICE_PK, BOB, RELAY_URL, START_MS, Line, SeededRandom
 
 from ratchet.encoding import b64u_encode
-from ratchet.keys import KeyPair
 from ratchet.session import Session as V2Session
 from ratchet.session import SessionStateError, session_from_reference_json, session_to_reference_json
 from ratchet.session import SkippedKey as V2SkippedKey
 from ratchet.v3 import (
     InviteRegistry,
-    Session,
     decrypt,
-    encrypt,
-    finish_handshake,
     invite_url,
     issue_invite,
     parse_invite_url,
@@ -41,45 +36,18 @@ from ratchet.v3.state import (
 )
 from ratchet.v3.wire import MessageHeader, RoutedFields, b64u, b64u_strict
 
-NOW = 1_768_000_000_000
-RELAY = "wss://relay.example/ws"
+NOW, RELAY = START_MS, RELAY_URL
 
 
-class _Seeded:
-    """A deterministic `RandomSource` (never for production); ``reuse`` replays one X25519 secret."""
+class _Reusing(SeededRandom):
+    """`SeededRandom` whose X25519 draws all return ``secret``: a peer reusing an old ratchet key."""
 
-    def __init__(self, seed: str, reuse: bytes | None = None) -> None:
-        self._key = hashlib.blake2b(seed.encode(), digest_size=32).digest()
-        self._count = 0
-        self._reuse = reuse
-
-    def random_bytes(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            self._count += 1
-            out += hashlib.blake2b(self._count.to_bytes(8, "big"), key=self._key).digest()
-        return out[:n]
-
-    def ed25519_seed(self) -> bytes:
-        return self.random_bytes(32)
+    def __init__(self, seed: str, secret: bytes) -> None:
+        super().__init__(seed)
+        self._secret = secret
 
     def x25519_secret(self) -> bytes:
-        return self._reuse if self._reuse is not None else self.random_bytes(32)
-
-    def uuid4(self) -> str:
-        return str(uuid.UUID(bytes=self.random_bytes(16), version=4))
-
-
-def _identity(name: str) -> KeyPair:
-    return KeyPair.from_secrets(
-        hashlib.blake2b(b"ed " + name.encode(), digest_size=32).digest(),
-        hashlib.blake2b(b"x " + name.encode(), digest_size=32).digest(),
-    )
-
-
-ALICE = _identity("alice")  # the inviter
-BOB = _identity("bob")  # the invitee
-ALICE_PK = b64u(ALICE.ed25519_pk)
+        return self._secret
 
 
 # ── v3 saved invite registry and pending handshake ─────────────────────────────────────────────
@@ -87,7 +55,7 @@ ALICE_PK = b64u(ALICE.ed25519_pk)
 
 def _registry_and_claim() -> tuple[dict[str, object], dict[str, object], RoutedFields]:
     """(registry document, pending document, Bob's SESSION_INIT) for one fresh invite of Alice's."""
-    rng = _Seeded("registry")
+    rng = SeededRandom("registry")
     issued = issue_invite(ALICE, RELAY, NOW, rng)
     started = start_handshake(BOB, parse_invite_url(invite_url(ALICE, issued), NOW), NOW, rng)
     registry = json.loads(registry_to_json(InviteRegistry().with_issued(issued)))
@@ -129,40 +97,11 @@ def test_a_valid_registry_still_loads_and_answers_the_claim() -> None:
     registry, pending, claim = _registry_and_claim()
     loaded = registry_from_json(json.dumps(registry).encode())
     assert pending_from_json(json.dumps(pending).encode()).invite_id == loaded.issued[0].invite_id
-    accepted = respond(loaded, ALICE, claim, NOW, _Seeded("respond"), relay_url=RELAY)
+    accepted = respond(loaded, ALICE, claim, NOW, SeededRandom("respond"), relay_url=RELAY)
     assert accepted.session.peer_pk == b64u(BOB.ed25519_pk)
 
 
 # ── v3 ratchet: a peer reusing an old ratchet key ─────────────────────────────────────────────
-
-
-class _Line:
-    """Alice and Bob after a real v3 handshake, with the frames in flight to each."""
-
-    def __init__(self, seed: str) -> None:
-        rng = _Seeded(seed)
-        issued = issue_invite(ALICE, RELAY, NOW, rng)
-        started = start_handshake(BOB, parse_invite_url(invite_url(ALICE, issued), NOW), NOW, rng)
-        init = started.claim.as_session_init(ALICE_PK)
-        accepted = respond(InviteRegistry().with_issued(issued), ALICE, init, NOW, rng)
-        self.sessions: dict[str, Session] = {
-            "alice": accepted.session,
-            "bob": finish_handshake(started.pending, BOB, accepted.frame, NOW),
-        }
-        self.keys = {"alice": ALICE, "bob": BOB}
-        self.rng = _Seeded(seed + "/messages")
-        self.in_flight: dict[str, list[RoutedFields]] = {"alice": [], "bob": []}
-
-    def send(self, sender: str, text: bytes, rng: _Seeded | None = None) -> RoutedFields:
-        sealed = encrypt(self.sessions[sender], self.keys[sender], text, NOW, rng or self.rng)
-        self.sessions[sender] = sealed.state
-        self.in_flight["bob" if sender == "alice" else "alice"].append(sealed.frame)
-        return sealed.frame
-
-    def deliver(self, recipient: str, index: int = 0) -> bytes:
-        opened = decrypt(self.sessions[recipient], self.in_flight[recipient].pop(index), NOW)
-        self.sessions[recipient] = opened.state
-        return opened.message.plaintext
 
 
 def test_a_peer_reusing_an_evicted_ratchet_key_cannot_make_our_saved_state_unreadable() -> None:
@@ -171,7 +110,7 @@ def test_a_peer_reusing_an_evicted_ratchet_key_cannot_make_our_saved_state_unrea
     taken as a new chain: keys 0..n-1 were stored again under the old ratchet key, next to the kept
     ones, and the state the daemon then saved failed to load ("a skipped key is stored twice"), losing
     the session at the next restart. Such a key names an earlier chain: it is refused as stale."""
-    line = _Line("reuse")
+    line = Line("reuse")
     line.send("alice", b"opens the line")
     line.deliver("bob")
     line.send("bob", b"so that Alice's next send steps the ratchet")
@@ -191,9 +130,10 @@ def test_a_peer_reusing_an_evicted_ratchet_key_cannot_make_our_saved_state_unrea
     kept = {(entry.ratchet_pk, entry.n) for entry in line.sessions["bob"].skipped}
     assert len(kept) == 4
 
+    line.rng = _Reusing("evil", old_secret)
     for n in range(6):  # Alice steps the ratchet with K0's secret again and sends message 5 on it
-        line.send("alice", f"reused K0, message {n}".encode(), rng=_Seeded("evil", reuse=old_secret))
-    reused = line.in_flight["bob"][-1]
+        line.send("alice", f"reused K0, message {n}".encode())
+    reused, _ = line.in_flight["bob"][-1]
     line.in_flight["bob"].clear()
     bob = line.sessions["bob"]
     before = session_to_json(bob)
@@ -208,7 +148,7 @@ def test_pn_after_an_exhausted_sending_chain_still_fits_the_header() -> None:
     key set PN = 2**32; the next send raised struct.error ("'I' format requires ...") and the saved state
     (which the reader accepted with PN = 2**32) could never send again. PN is capped at 2**32 - 1, and
     the reader refuses a PN the header cannot carry."""
-    line = _Line("pn-limit")
+    line = Line("pn-limit")
     line.send("alice", b"hello")
     line.deliver("bob")
     line.send("bob", b"reply")
