@@ -2,7 +2,6 @@
 
 import os
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.ctl import ctl, json_out
-from support.env import isolated_env, short_dir
+from support.env import isolated_env
 from support.home import homes
 from support.processes import DaemonProcess, home_dir
 
@@ -29,15 +28,6 @@ CONTRIB_HANDLERS = Path(__file__).resolve().parents[2] / "contrib" / "handlers"
 def home() -> Iterator[Path]:
     with home_dir() as path:
         yield path
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    path = short_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- shared directories
