@@ -44,7 +44,15 @@ from typing import cast
 
 from ratchet.errors import EncodingError
 
-__all__ = ["MAX_NESTING", "js_string", "js_stringify", "js_utf8_encode", "parse_json", "parse_json_object"]
+__all__ = [
+    "MAX_NESTING",
+    "js_string",
+    "js_stringify",
+    "js_utf8_encode",
+    "json_type_name",
+    "parse_json",
+    "parse_json_object",
+]
 
 _MAX_ARRAY_INDEX = 2**32 - 2
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
@@ -374,11 +382,12 @@ def parse_json_object(text: str) -> dict[str, object]:
     """``parse_json`` for text that must hold a JSON object at the top level."""
     value = parse_json(text)
     if not isinstance(value, dict):
-        raise EncodingError(f"invalid JSON: expected an object, got {_js_type(value)}")
+        raise EncodingError(f"invalid JSON: expected an object, got {json_type_name(value)}")
     return value
 
 
-def _js_type(value: object) -> str:
+def json_type_name(value: object) -> str:
+    """What a parsed JSON value is called in JSON's own words ("null", "a number", "an array", ...), for errors."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -19,6 +19,7 @@ import cattrs
 from agentroomd.control import api
 from agentroomd.control.api import ErrorKind, MethodSpec, RpcError
 from agentroomd.log import Logger
+from ratchet.jsjson import json_type_name
 
 # Methods that still answer while the daemon shuts down (so `agentroomctl status/stop` keep working).
 ALLOWED_WHILE_CLOSING = frozenset({api.DAEMON_HELLO.name, api.DAEMON_STATUS.name, api.DAEMON_STOP.name})
@@ -117,7 +118,7 @@ class MethodRegistry:
         if self.closing and method not in ALLOWED_WHILE_CLOSING:
             raise RpcError(api.SHUTTING_DOWN, "agentroomd is shutting down; retry once it has been restarted")
         if not isinstance(params, dict):
-            raise RpcError(api.INVALID_PARAMS, f"params must be an object (by name), not {_json_kind(params)}")
+            raise RpcError(api.INVALID_PARAMS, f"params must be an object (by name), not {json_type_name(params)}")
         try:
             typed = api.params_converter.structure(params, entry.spec.params)
         except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
@@ -146,14 +147,3 @@ class MethodRegistry:
 
 def _valid_id(value: Any) -> bool:
     return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _json_kind(value: Any) -> str:
-    """What a JSON value is called in JSON's own words (for error messages)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "an array" if isinstance(value, list) else "a string"
