@@ -129,6 +129,9 @@ class RoomsService:
         self.rooms: dict[str, Room] = {}
         self.broken: dict[str, str] = {}  # room id -> why its file cannot be read
         self.attachments: dict[str, Attachment] = {}
+        # handler.attach / handler.detach of one peer, one at a time: attach checks "nobody answers this peer"
+        # and then awaits (saving, starting, seeding), so two at once would both pass the check and both answer
+        self._attach_locks: dict[str, trio.Lock] = {}
         self.serves: dict[str, Serve] = {}
         self._serve_ids = 0
         self.closed_relays: list[str] = []  # relay URLs of stopped rooms
@@ -383,6 +386,13 @@ class RoomsService:
     async def handler_attach(self, params: api.HandlerAttachParams, caller: Caller) -> api.HandlerAttachResult:
         _check_handler(params.on_message, params.max_turns, params.seed)
         pk = self._resolve(params.peer)
+        async with self._attach_lock(pk):
+            return await self._attach(pk, params)
+
+    def _attach_lock(self, pk: str) -> trio.Lock:
+        return self._attach_locks.setdefault(pk, trio.Lock())
+
+    async def _attach(self, pk: str, params: api.HandlerAttachParams) -> api.HandlerAttachResult:
         owner = self.owner(pk)
         if owner is not None:
             raise api.RpcError(api.ALREADY_EXISTS, f"{short_pk(pk)} is already answered by a {owner}")
@@ -424,12 +434,13 @@ class RoomsService:
 
     async def handler_detach(self, params: api.HandlerDetachParams, caller: Caller) -> api.Empty:
         pk = self._resolve(params.peer)
-        attachment = self.attachments.pop(pk, None)
-        if attachment is None:
-            owner = self.owner(pk)
-            hint = f" (it is answered by {owner}: stop the room instead)" if owner else ""
-            raise api.RpcError(api.NOT_FOUND, f"no handler is attached to {short_pk(pk)}{hint}")
-        await self._remove_attachment(attachment)
+        async with self._attach_lock(pk):  # an attach under way finishes first (its saved file is not lost)
+            attachment = self.attachments.pop(pk, None)
+            if attachment is None:
+                owner = self.owner(pk)
+                hint = f" (it is answered by {owner}: stop the room instead)" if owner else ""
+                raise api.RpcError(api.NOT_FOUND, f"no handler is attached to {short_pk(pk)}{hint}")
+            await self._remove_attachment(attachment)
         self.log.info("handler_detached", peer=short_pk(pk))
         return api.Empty()
 

@@ -1,0 +1,68 @@
+"""Two requests at once, each on its own control connection, against real daemons and a real relay.
+
+Every request is written before any answer is read, so the daemon works on both at the same time
+(its control connections are served concurrently); the tests check what a user would see afterwards.
+"""
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support.env import short_dir
+from support.handlers import ECHO
+from support.home import Home, homes
+from support.processes import RelayProcess
+from support.raw_control import RawClient
+
+LISTEN_TIMEOUT_S = 20.0
+
+
+@pytest.fixture
+def relay() -> Iterator[RelayProcess]:
+    workdir = short_dir()
+    process = RelayProcess(workdir).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def at_once(home: Home, *calls: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send every call on its own connection before reading any answer; the answers, in call order."""
+    clients = [RawClient(home.path / "agentroomd.sock") for _ in calls]
+    try:
+        for client, (method, params) in zip(clients, calls, strict=True):
+            client.send_json({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        return [client.read() for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def error_types(answers: list[dict[str, Any]]) -> list[str | None]:
+    return [answer["error"]["data"]["type"] if "error" in answer else None for answer in answers]
+
+
+def test_two_handler_attach_of_one_peer_at_once_attach_one_handler(relay: RelayProcess) -> None:
+    with homes("", "") as (host, guest):
+        host.start()
+        guest.start()
+        invite = host.json("invite", "create", "--relay", relay.url)
+        guest.json("invite", "accept", invite["url"])
+        host_pk, guest_pk = host.json("whoami")["pk"], guest.json("whoami")["pk"]
+
+        attach = ("handler.attach", {"peer": host_pk, "on_message": ECHO})
+        answers = at_once(guest, attach, attach)
+
+        # one handler answers a peer: the second attach is refused, as it is when it comes later
+        assert sorted(error_types(answers), key=str) == [None, "agentroom.AlreadyExists"], answers
+        assert len(guest.json("status")["services"]["rooms"]["handlers"]) == 1
+        host.ctl("send", "--", guest_pk, "ping")
+        host.ctl("send", "--", guest_pk, "pong")
+        heard = host.listen(2, timeout=LISTEN_TIMEOUT_S)
+        if heard[-1]["text"] != "echo: pong":  # a second handler's echo came first: read up to the last one
+            heard += host.listen(1, since=heard[-1]["cursor"], timeout=LISTEN_TIMEOUT_S)
+        assert [m["text"] for m in heard] == ["echo: ping", "echo: pong"]
+
