@@ -66,3 +66,22 @@ def test_two_handler_attach_of_one_peer_at_once_attach_one_handler(relay: RelayP
             heard += host.listen(1, since=heard[-1]["cursor"], timeout=LISTEN_TIMEOUT_S)
         assert [m["text"] for m in heard] == ["echo: ping", "echo: pong"]
 
+
+def test_two_invite_accept_of_one_invite_at_once_keep_the_session(relay: RelayProcess) -> None:
+    with homes("", "") as (host, guest):
+        host.start()
+        guest.start()
+        invite = host.json("invite", "create", "--relay", relay.url)
+        host_pk, guest_pk = host.json("whoami")["pk"], guest.json("whoami")["pk"]
+
+        accept = ("invite.accept", {"url": invite["url"]})
+        answers = at_once(guest, accept, accept)
+
+        ok = [answer["result"] for answer in answers if "result" in answer]
+        assert len(ok) == 1 and ok[0]["peer"] == host_pk and ok[0]["answered"], answers
+        assert error_types(answers).count("agentroom.AlreadyExists") == 1, answers
+        # the session both sides hold is usable: the guest's message reaches the host
+        assert [(p["pk"], p["state"]) for p in guest.json("peers")["peers"]] == [(host_pk, "established")]
+        guest.ctl("send", "--", host_pk, "hello")
+        [heard] = host.listen(1, timeout=LISTEN_TIMEOUT_S)
+        assert (heard["from"], heard["text"]) == (guest_pk, "hello")
