@@ -48,6 +48,7 @@ RESTART_INITIAL_S = 1.0
 RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 STOP_NOTICE_S = 3.0
+STOPPED_BEFORE_INVITE = "the room was stopped before its invite was out"  # room.open's error then
 # The room's port and database are its own: the reference's PORT / AGENTROOM_DB are for `agentroomd relay`.
 _RELAY_ENV_IGNORED = frozenset({"PORT", "AGENTROOM_DB"})
 _RELAY_TABLE_IGNORED = frozenset({"port", "db", "state_dir", "tunnel"})
@@ -346,7 +347,7 @@ class Room:
 
     def _open_failure(self) -> api.RpcError | None:
         if self.scope.cancel_called:
-            return api.RpcError(api.INVALID_STATE, "the room was stopped before its invite was out")
+            return api.RpcError(api.INVALID_STATE, STOPPED_BEFORE_INVITE)
         tunnel = self.tunnel.status.value if self.tunnel is not None else None
         if tunnel is not None and tunnel.state is TunnelState.FATAL:
             return api.RpcError(api.TUNNEL_UNAVAILABLE, tunnel.last_error or "the tunnel cannot start")

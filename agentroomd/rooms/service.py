@@ -36,7 +36,7 @@ from agentroomd.handlers import limits_from_table
 from agentroomd.log import short_pk
 from agentroomd.orphans import CHILD_RECORD_FILE, end_orphans
 from agentroomd.rooms.responder import Responder
-from agentroomd.rooms.room import Room, RoomDeps, describe_error
+from agentroomd.rooms.room import STOPPED_BEFORE_INVITE, Room, RoomDeps, describe_error
 from agentroomd.rooms.state import (
     CLOSED_RELAYS_FILE,
     HANDLERS_DIR,
@@ -231,6 +231,8 @@ class RoomsService:
             try:
                 await self.nursery.start(partial(room.host, strict_start=True))
             except Exception as exc:  # the relay did not start: the port is taken, most likely
+                if room.scope.cancel_called:  # or a `room.stop` (--all) ended the room before it could start
+                    raise api.RpcError(api.INVALID_STATE, STOPPED_BEFORE_INVITE) from exc
                 raise api.RpcError(
                     api.INVALID_STATE,
                     f"cannot start the room relay on port {params.port or 'any'}: {describe_error(exc)}"

@@ -85,3 +85,19 @@ def test_two_invite_accept_of_one_invite_at_once_keep_the_session(relay: RelayPr
         guest.ctl("send", "--", host_pk, "hello")
         [heard] = host.listen(1, timeout=LISTEN_TIMEOUT_S)
         assert (heard["from"], heard["text"]) == (guest_pk, "hello")
+
+
+def test_room_stop_during_room_open_says_the_room_was_stopped() -> None:
+    with homes("") as (host,):
+        host.start()
+        opened, stopped = at_once(host, ("room.open", {"tunnel": False, "name": "lobby"}), ("room.stop", {"all": True}))
+
+        if "error" in opened:  # the stop caught the room while it opened: say that, not "the relay cannot start"
+            assert opened["error"]["data"]["type"] == "agentroom.InvalidState", opened
+            assert opened["error"]["message"] == "the room was stopped before its invite was out", opened
+            assert stopped["result"]["stopped"] != [], stopped
+        else:  # the stop came first (nothing to stop yet): the room opened
+            assert stopped["result"]["stopped"] == [], (opened, stopped)
+            host.ctl("room", "stop", "lobby")
+        assert host.json("room", "list")["rooms"] == []
+        assert list((host.path / "rooms").iterdir()) == []  # a room that failed to open leaves nothing behind
