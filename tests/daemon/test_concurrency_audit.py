@@ -101,3 +101,25 @@ def test_room_stop_during_room_open_says_the_room_was_stopped() -> None:
             host.ctl("room", "stop", "lobby")
         assert host.json("room", "list")["rooms"] == []
         assert list((host.path / "rooms").iterdir()) == []  # a room that failed to open leaves nothing behind
+
+
+def test_handler_detach_and_attach_of_one_peer_at_once_leave_what_they_said(relay: RelayProcess) -> None:
+    with homes("", "") as (host, guest):
+        host.start()
+        guest.start()
+        invite = host.json("invite", "create", "--relay", relay.url)
+        guest.json("invite", "accept", invite["url"])
+        host_pk = host.json("whoami")["pk"]
+        [first] = at_once(guest, ("handler.attach", {"peer": host_pk, "on_message": ECHO}))
+        assert "result" in first, first
+
+        detached, attached = at_once(guest, ("handler.detach", {"peer": host_pk}),
+                                     ("handler.attach", {"peer": host_pk, "on_message": ECHO}))
+
+        assert "result" in detached, detached
+        if "result" in attached:  # attached after the detach: it answers, and it is saved for the next start
+            assert len(guest.json("status")["services"]["rooms"]["handlers"]) == 1
+            assert (guest.path / "handlers" / f"{host_pk}.json").exists()
+        else:  # refused while the old one was still attached
+            assert attached["error"]["data"]["type"] == "agentroom.AlreadyExists", attached
+            assert guest.json("status")["services"]["rooms"]["handlers"] == []
