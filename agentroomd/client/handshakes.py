@@ -120,6 +120,10 @@ class Handshakes:
         # lose it whenever the relay then refuses the claim (used, expired).
         if inviter in self.m._peers and self.m.peer_state(inviter) not in ("closed", "pending"):
             raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
+        if version == 3 and self._claimed_invite_id(inviter) == invite3.invite_id:
+            # the relay would refuse this one as already claimed, and the first claim must stay
+            raise ClientError("already_exists", f"this invite was already accepted; {short_pk(inviter)} has not "
+                              "answered yet (its daemon is offline?): it will when it is back")
         try:
             if version == 3:
                 started = v3.start_handshake(self.m.identity, invite3, now, self.m.rng)
@@ -280,6 +284,19 @@ class Handshakes:
         self.m.on_invite_redeemed(invite_id, pk)
 
     # -- the invitee's side ---------------------------------------------------------------------
+
+    def _claimed_invite_id(self, pk: str) -> str | None:
+        """The invite of our v3 claim to ``pk`` that waits for its answer, if there is one."""
+        row = self.m._peers.get(pk)
+        if row is None or not row.handshake.startswith("{"):
+            return None
+        try:
+            pending = json.loads(row.handshake)
+            if pending.get("state") != "claimed-v3":
+                return None
+            return v3.pending_from_json(pending["pending"].encode()).invite_id
+        except (ValueError, KeyError, RatchetError):
+            return None
 
     async def on_session_ack(self, ack: SessionAck) -> None:
         pk = ack.from_

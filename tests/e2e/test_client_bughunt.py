@@ -350,3 +350,27 @@ async def test_an_invite_naming_an_unreachable_relay_leaves_no_connection_behind
         await bob.manager.accept_invite(invite.url, timeout_s=0.3)
     assert [conn.url for conn in bob.manager.relays()] == []
     assert bob.manager.peers() == []
+
+
+async def test_accepting_an_invite_again_while_its_inviter_is_away_keeps_the_claim(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    """The same invite accepted a second time while the inviter is offline: a clear AlreadyExists, and the
+    first claim stays. Before: the second claim replaced the first, the relay refused it as already
+    claimed, and the cleanup deleted the peer: once the inviter came back it had a session, we had none."""
+    relay = await nursery.start(serve_relay, relay_config(tmp_path))
+    identity = KeyPair.generate()
+    alice = await start_agent(nursery, tmp_path / "alice", "alice", identity)
+    invite = await alice.manager.create_invite(relay.url, ttl_ms=3_600_000)
+    alice.scope.cancel()
+    bob = await start_agent(nursery, tmp_path / "bob", "bob")
+    _, _, answered = await bob.manager.accept_invite(invite.url, wait_ack_s=0.2)
+    assert not answered
+    with pytest.raises(ClientError, match="already accepted"):
+        await bob.manager.accept_invite(invite.url, wait_ack_s=0.2)
+    assert bob.manager.peer_state(identity_pk(identity)) == "pending"
+    alice = await start_agent(nursery, tmp_path / "alice", "alice", identity)  # back, with its invite
+    with trio.fail_after(WAIT_S):
+        await bob.manager.wait_session(alice.pk)
+    await bob.manager.send_message(alice.pk, "the first claim held")
+    assert (await alice.next_message()).text == "the first claim held"
