@@ -43,7 +43,9 @@ def test_conversation_through_agentroomctl_with_stable_json_shapes(
     assert first["from"] == bob.pk and first["text"] == "hello from bob" and first["msg_id"] == sent["msg_id"]
     assert isinstance(first["ts"], int) and first["cursor"] >= 1
 
-    reply = alice.ctl("send", bob.pk[:10], "hi bob, multi\nline ✓")  # so does a unique prefix
+    # so does a unique prefix (one that starts with "-" needs the "--" first, as README says: 1 key in 64)
+    dashes = ("--",) if bob.pk.startswith("-") else ()
+    reply = alice.ctl("send", *dashes, bob.pk[:10], "hi bob, multi\nline ✓")
     assert reply["status"] in ("delivered", "queued")
     got = bob.ctl("listen", "--since", "0", "--count", "1", "--timeout", "20")
     assert got["text"] == "hi bob, multi\nline ✓"
