@@ -42,7 +42,9 @@ def test_ratchet_prints_v2_and_v3_headlines_against_their_floors(capsys: Any) ->
     assert names == [f"{v} {row}" for v in ("v2", "v3") for row in ("encrypt + sign", "verify + decrypt", "round trip")]
     ratios = [float(line[30:].split()[2]) for line in headlines]  # name (30 wide), ours, floor, ratio
     assert all(ratio > 0 for ratio in ratios)
-    assert status == (0 if min(ratios) >= ratchet.TARGET else 1)
+    lowest = min(ratios)
+    if abs(lowest - ratchet.TARGET) >= 0.005:  # printed to 2 decimals: 0.7996 shows as 0.80 yet misses 0.8
+        assert status == (0 if lowest >= ratchet.TARGET else 1)
     assert "v3 decrypt, sig pre-checked" in printed
 
 
