@@ -1,26 +1,12 @@
 """The control socket of a real daemon, driven with raw bytes: bad clients cost only their own connection."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.processes import DaemonProcess, home_dir, running_daemon
+from support.processes import DaemonProcess
 from support.raw_control import RawClient
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    with home_dir() as home, running_daemon(home) as running:
-        yield running
-
-
-@pytest.fixture
-def client(daemon: DaemonProcess) -> Iterator[RawClient]:
-    connection = RawClient(daemon.home / "agentroomd.sock")
-    yield connection
-    connection.close()
 
 
 def still_serving(home: Path) -> bool:

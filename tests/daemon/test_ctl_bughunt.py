@@ -8,29 +8,15 @@ import json
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.ctl import ctl, json_out
 from support.env import AGENTROOMCTL, isolated_env
-from support.processes import DaemonProcess, home_dir, lock_holder, running_daemon
+from support.processes import DaemonProcess, home_dir, lock_holder
 from support.raw_control import RawClient
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    with home_dir() as home, running_daemon(home) as running:
-        yield running
-
-
-@pytest.fixture
-def client(daemon: DaemonProcess) -> Iterator[RawClient]:
-    connection = RawClient(daemon.home / "agentroomd.sock")
-    yield connection
-    connection.close()
 
 
 def run(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
