@@ -54,6 +54,7 @@ class Handshakes:
         self.registry = v3.InviteRegistry()
         self.registry_lock = trio.Lock()
         self.handshake_events: dict[str, trio.Event] = {}
+        self._accept_locks: dict[str, trio.Lock] = {}
 
     async def create_invite(self, relay_url: str, ttl_ms: int, timeout_s: float = 15.0,
                             advertised_url: str | None = None, version: int = 3) -> InviteInfo:
@@ -115,58 +116,62 @@ class Handshakes:
             raise ClientError("invite_expired", f"invite rejected: {exc}") from exc
         except RatchetError as exc:
             raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        # closed, or our claim never answered (the inviter lost the invite, or came back too late): start over.
-        # An open session is kept: the peer is stored before the claim goes out, so replacing it here would
-        # lose it whenever the relay then refuses the claim (used, expired).
-        if inviter in self.m._peers and self.m.peer_state(inviter) not in ("closed", "pending"):
-            raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
-        if version == 3 and self._claimed_invite_id(inviter) == invite3.invite_id:
-            # the relay would refuse this one as already claimed, and the first claim must stay
-            raise ClientError("already_exists", f"this invite was already accepted; {short_pk(inviter)} has not "
-                              "answered yet (its daemon is offline?): it will when it is back")
-        try:
-            if version == 3:
-                started = v3.start_handshake(self.m.identity, invite3, now, self.m.rng)
-                state, session = b"", None
-                handshake = json.dumps({"state": "claimed-v3",
-                                        "pending": v3.pending_to_json(started.pending).decode()})
-                claim = claim_frame(started.claim, self.m.rng.uuid4(), now)
-            else:
-                claim2, session2 = accept_invite(self.m.identity, invite2, now)
-                session = PeerSession(2, session2)
-                state = session.dump()
-                handshake = json.dumps({"state": "claimed", "nonce": invite2.blob.nonce,
-                                        "key_a": b64u_encode(session2.recv_chain_key)})
-                claim = InviteClaim(msg_id=self.m.rng.uuid4(), ts=now, invite_id=claim2.invite_id,
-                                    from_=claim2.from_pk, ciphertext=claim2.ciphertext, nonce=claim2.nonce,
-                                    sig=claim2.sig)
-        except RatchetError as exc:
-            raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
-        conn = await self.m.wait_connected(relay_url, timeout_s)
-        event = self.handshake_events.setdefault(inviter, trio.Event())
-        async with self.m._lock(inviter):
-            added = await self.m.store.call(self.m.store.add_peer, inviter, relay_url, state, handshake, alias,
-                                          version=version, replace_unanswered=True)
-            if not added:
+        # One accept per inviter at a time: an accept replaces our unanswered claim to that inviter and forgets
+        # the peer when the relay refuses its own claim, so two at once (the same URL twice) left the loser
+        # deleting the winner's session.
+        async with self._accept_locks.setdefault(inviter, trio.Lock()):
+            # closed, or our claim never answered (the inviter lost the invite, or came back too late): start over.
+            # An open session is kept: the peer is stored before the claim goes out, so replacing it here would
+            # lose it whenever the relay then refuses the claim (used, expired).
+            if inviter in self.m._peers and self.m.peer_state(inviter) not in ("closed", "pending"):
                 raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
-            self.m._sessions.pop(inviter, None)  # a closed session (or an unanswered claim) was replaced
-            self.remember(inviter, session, relay_url, handshake, alias, version)
-        try:
-            answer = await self.m._request(conn, claim.msg_id, serialize_frame(claim), timeout_s)
-        except ClientError:
-            await self.forget_peer(inviter)
-            raise
-        if isinstance(answer, Error) or answer.status == "error":
-            await self.forget_peer(inviter)
-            code, text = (answer.code, answer.message) if isinstance(answer, Error) else ("ERROR", answer.error)
-            kind = {"NOT_FOUND": "invite_not_found", "ALREADY_CLAIMED": "invite_used",
-                    "EXPIRED": "invite_expired"}.get(code, "relay_refused")
-            raise ClientError(kind, f"relay refused the invite: {code} {text}")
-        self.m.log.info("invite.accepted", peer=short_pk(inviter), relay=relay_url, version=version)
-        self.m.on_peer(inviter)
-        with trio.move_on_after(wait_ack_s):
-            await event.wait()
-        return inviter, relay_url, event.is_set()
+            if version == 3 and self._claimed_invite_id(inviter) == invite3.invite_id:
+                # the relay would refuse this one as already claimed, and the first claim must stay
+                raise ClientError("already_exists", f"this invite was already accepted; {short_pk(inviter)} has not "
+                                  "answered yet (its daemon is offline?): it will when it is back")
+            try:
+                if version == 3:
+                    started = v3.start_handshake(self.m.identity, invite3, now, self.m.rng)
+                    state, session = b"", None
+                    handshake = json.dumps({"state": "claimed-v3",
+                                            "pending": v3.pending_to_json(started.pending).decode()})
+                    claim = claim_frame(started.claim, self.m.rng.uuid4(), now)
+                else:
+                    claim2, session2 = accept_invite(self.m.identity, invite2, now)
+                    session = PeerSession(2, session2)
+                    state = session.dump()
+                    handshake = json.dumps({"state": "claimed", "nonce": invite2.blob.nonce,
+                                            "key_a": b64u_encode(session2.recv_chain_key)})
+                    claim = InviteClaim(msg_id=self.m.rng.uuid4(), ts=now, invite_id=claim2.invite_id,
+                                        from_=claim2.from_pk, ciphertext=claim2.ciphertext, nonce=claim2.nonce,
+                                        sig=claim2.sig)
+            except RatchetError as exc:
+                raise ClientError("invalid_invite", f"invite rejected: {exc}") from exc
+            conn = await self.m.wait_connected(relay_url, timeout_s)
+            event = self.handshake_events.setdefault(inviter, trio.Event())
+            async with self.m._lock(inviter):
+                added = await self.m.store.call(self.m.store.add_peer, inviter, relay_url, state, handshake, alias,
+                                              version=version, replace_unanswered=True)
+                if not added:
+                    raise ClientError("already_exists", f"already in a session with {short_pk(inviter)}")
+                self.m._sessions.pop(inviter, None)  # a closed session (or an unanswered claim) was replaced
+                self.remember(inviter, session, relay_url, handshake, alias, version)
+            try:
+                answer = await self.m._request(conn, claim.msg_id, serialize_frame(claim), timeout_s)
+            except ClientError:
+                await self.forget_peer(inviter)
+                raise
+            if isinstance(answer, Error) or answer.status == "error":
+                await self.forget_peer(inviter)
+                code, text = (answer.code, answer.message) if isinstance(answer, Error) else ("ERROR", answer.error)
+                kind = {"NOT_FOUND": "invite_not_found", "ALREADY_CLAIMED": "invite_used",
+                        "EXPIRED": "invite_expired"}.get(code, "relay_refused")
+                raise ClientError(kind, f"relay refused the invite: {code} {text}")
+            self.m.log.info("invite.accepted", peer=short_pk(inviter), relay=relay_url, version=version)
+            self.m.on_peer(inviter)
+            with trio.move_on_after(wait_ack_s):
+                await event.wait()
+            return inviter, relay_url, event.is_set()
 
     async def forget_peer(self, pk: str) -> None:
         async with self.m._lock(pk):

@@ -16,10 +16,7 @@ from agentroomd.context import DaemonContext
 from agentroomd.control import api
 from agentroomd.control.rpc import Caller
 from agentroomd.files import ensure_private_dir
-from ratchet import v3
-from ratchet.errors import RatchetError
 from ratchet.frames import MAX_SAFE_INTEGER
-from ratchet.invite import parse_invite_url
 
 CLIENT_DB = "client.db"
 
@@ -96,17 +93,6 @@ def protocol_version(compat: str | None) -> int:
     raise api.RpcError(api.INVALID_PARAMS, f"compat must be 'v2' or 'v3', not {compat!r}")
 
 
-def _inviter(url: str, now_ms: int) -> str | None:
-    """The inviter an invite URL names; None when it does not parse."""
-    url = url.strip()
-    try:
-        if v3.invite_version(url) == 3:
-            return v3.parse_invite_url(url, now_ms).inviter_pk
-        return parse_invite_url(url, now_ms).blob.inviter_ed25519_pk
-    except RatchetError:
-        return None
-
-
 def _default_relay(ctx: DaemonContext, manager: SessionManager, given: str | None) -> str:
     if given:
         return given
@@ -120,10 +106,6 @@ def _default_relay(ctx: DaemonContext, manager: SessionManager, given: str | Non
 
 def _register(ctx: DaemonContext, manager: SessionManager) -> None:
     timeout = ctx.config.client.ack_timeout_s
-    # Accepts of one inviter's invites, one at a time: an accept replaces our unanswered claim with the inviter
-    # and forgets the peer when the relay refuses its own claim, so two at once (the same URL twice) left
-    # the loser deleting the winner's session: the inviter had a session, we had none.
-    accept_locks: dict[str, trio.Lock] = {}
 
     async def relay_connect(params: api.RelayConnectParams, caller: Caller) -> api.RelayConnectResult:
         try:
@@ -150,10 +132,8 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
                                       relay=relay, protocol=invite.version)
 
     async def invite_accept(params: api.InviteAcceptParams, caller: Caller) -> api.InviteAcceptResult:
-        key = _inviter(params.url, manager.clock_ms()) or params.url  # an unreadable URL is refused at once
         try:
-            async with accept_locks.setdefault(key, trio.Lock()):
-                peer, relay, answered = await manager.accept_invite(params.url, params.alias, timeout_s=timeout)
+            peer, relay, answered = await manager.accept_invite(params.url, params.alias, timeout_s=timeout)
         except ClientError as exc:
             raise rpc_error(exc) from exc
         except StoreError as exc:
