@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from agentroomd.client.peer_session import PeerSession
-from agentroomd.client.store import PeerRow, StoreError
+from agentroomd.client.store import PeerRow, StoreError, claim_state
 from agentroomd.log import short_pk
 from ratchet import v3
 from ratchet.encoding import b64u_decode, b64u_encode
@@ -293,14 +293,12 @@ class Handshakes:
     def _claimed_invite_id(self, pk: str) -> str | None:
         """The invite of our v3 claim to ``pk`` that waits for its answer, if there is one."""
         row = self.m._peers.get(pk)
-        if row is None or not row.handshake.startswith("{"):
+        pending = claim_state(row.handshake) if row is not None else {}
+        if pending.get("state") != "claimed-v3":
             return None
         try:
-            pending = json.loads(row.handshake)
-            if pending.get("state") != "claimed-v3":
-                return None
             return v3.pending_from_json(pending["pending"].encode()).invite_id
-        except (ValueError, KeyError, RatchetError):
+        except (KeyError, RatchetError):
             return None
 
     async def on_session_ack(self, ack: SessionAck) -> None:
@@ -310,10 +308,7 @@ class Handshakes:
             self.m.counters.unknown_peer += 1
             self.m.log.warn("session_ack.unknown_peer", peer=short_pk(pk))
             return
-        try:
-            pending: dict[str, Any] = json.loads(row.handshake) if row.handshake.startswith("{") else {}
-        except ValueError:
-            pending = {}
+        pending = claim_state(row.handshake)
         if pending.get("state") == "claimed-v3":
             async with self.m._lock(pk):
                 try:

@@ -160,14 +160,16 @@ class JournalRow:
     status: str
 
 
-def _unanswered(handshake: str) -> bool:
-    """Whether a peer's handshake column is our v3 claim still waiting for the inviter's answer."""
+def claim_state(handshake: str) -> dict[str, Any]:
+    """A peer's handshake column read as our claim waiting for its answer ({"state": "claimed" (v2) or
+    "claimed-v3", ...}); empty for anything else ("established", "closed", or a column that does not read)."""
     if not handshake.startswith("{"):
-        return False
+        return {}
     try:
-        return bool(json.loads(handshake).get("state") == "claimed-v3")
+        state = json.loads(handshake)
     except ValueError:
-        return False
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _now_ms() -> int:
@@ -361,7 +363,7 @@ class ClientStore:
             existing = db.execute("SELECT handshake, version FROM peers WHERE pk = ?", (pk,)).fetchone()
             replaceable = existing is not None and (
                 existing[0] == "closed"
-                or (replace_unanswered and _unanswered(existing[0]))
+                or (replace_unanswered and claim_state(existing[0]).get("state") == "claimed-v3")
                 or (replace_open_v2 and version == 2 and existing[1] == 2)
             )
             if existing is not None and not replaceable:
