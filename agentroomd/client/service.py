@@ -93,6 +93,16 @@ def protocol_version(compat: str | None) -> int:
     raise api.RpcError(api.INVALID_PARAMS, f"compat must be 'v2' or 'v3', not {compat!r}")
 
 
+def ttl_problem(ttl_ms: int, now_ms: int) -> str | None:
+    """What is wrong with an invite lifetime (invite.create, room.open), or None: positive, and an expiry
+    (ms since 1970) every peer reads exactly, below 2**53."""
+    if ttl_ms <= 0:
+        return "must be positive"
+    if ttl_ms > MAX_SAFE_INTEGER - now_ms:
+        return "too long, the invite's expiry must stay below 2**53 ms"
+    return None
+
+
 def _default_relay(ctx: DaemonContext, manager: SessionManager, given: str | None) -> str:
     if given:
         return given
@@ -117,10 +127,9 @@ def _register(ctx: DaemonContext, manager: SessionManager) -> None:
     async def invite_create(params: api.InviteCreateParams, caller: Caller) -> api.InviteCreateResult:
         relay = _default_relay(ctx, manager, params.relay)
         ttl_ms = params.ttl_ms if params.ttl_ms is not None else ctx.config.client.invite_ttl_s * 1000
-        if ttl_ms <= 0:
-            raise api.RpcError(api.INVALID_PARAMS, "ttl must be positive")
-        if ttl_ms > MAX_SAFE_INTEGER - manager.clock_ms():
-            raise api.RpcError(api.INVALID_PARAMS, "ttl too long: the invite's expiry must stay below 2**53 ms")
+        problem = ttl_problem(ttl_ms, manager.clock_ms())
+        if problem is not None:
+            raise api.RpcError(api.INVALID_PARAMS, f"ttl_ms: {problem}", errors=[f"ttl_ms: {problem}"])
         version = protocol_version(params.compat)
         try:
             invite = await manager.create_invite(relay, ttl_ms, timeout_s=timeout, version=version)

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from agentroomd.client.manager import MAX_PLAINTEXT_BYTES, ClientError, SessionManager
-from agentroomd.client.service import protocol_version, rpc_error
+from agentroomd.client.service import protocol_version, rpc_error, ttl_problem
 from agentroomd.context import DaemonContext
 from agentroomd.control import api
 from agentroomd.control.connection import Connection, ConnectionGoneError
@@ -52,7 +52,6 @@ from agentroomd.rooms.state import (
     write_closed_relays,
 )
 from agentroomd.tunnel import TunnelConfig, TunnelError, resolve_cloudflared
-from ratchet.frames import MAX_SAFE_INTEGER
 
 OPEN_TIMEOUT_S = 30.0  # without a tunnel: the relay, our connection to it and the invite
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -268,10 +267,9 @@ class RoomsService:
         problems += _seed_problems(params.seed)
         if params.port is not None and not 0 <= params.port <= 65535:
             problems.append("port: must be 1..65535, or 0 for any free port")
-        if params.ttl_ms is not None and params.ttl_ms <= 0:
-            problems.append("ttl_ms: must be positive")
-        elif params.ttl_ms is not None and params.ttl_ms > MAX_SAFE_INTEGER - self.sessions.clock_ms():
-            problems.append("ttl_ms: too long, the invite's expiry must stay below 2**53 ms")
+        ttl = None if params.ttl_ms is None else ttl_problem(params.ttl_ms, self.sessions.clock_ms())
+        if ttl is not None:
+            problems.append(f"ttl_ms: {ttl}")
         if params.name is not None and not NAME_PATTERN.fullmatch(params.name):
             problems.append("name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if problems:
