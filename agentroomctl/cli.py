@@ -23,6 +23,7 @@ from agentroomctl.autostart import connect
 from agentroomctl.client import ControlClient, DaemonUnreachableError
 from agentroomd.config import ConfigError, Paths, resolve_paths
 from agentroomd.control import api
+from ratchet.jsjson import encodes_as_utf8
 
 STOP_WAIT_S = 30.0  # longer than the daemon's default shutdown grace
 MAX_SAFE_INTEGER = 2**53 - 1  # expiries are JSON numbers every peer reads exactly (ms since the epoch)
@@ -212,18 +213,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     for name, value in vars(args).items():
         if isinstance(value, str) and value.startswith(_SHIELD):
             setattr(args, name, value[len(_SHIELD):])
-        if isinstance(value, str) and name != "home" and not _is_text(value):
+        if isinstance(value, str) and name != "home" and not encodes_as_utf8(value):
             # Python keeps undecodable argv bytes as lone surrogates; JSON-RPC carries UTF-8 text only.
             parser.error(f"argument {name.replace('_', '-')}: not UTF-8 text (messages, names and commands are text)")
     return args
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ from ratchet.errors import EncodingError
 
 __all__ = [
     "MAX_NESTING",
+    "encodes_as_utf8",
     "js_string",
     "js_stringify",
     "js_utf8_encode",
@@ -120,6 +121,19 @@ def js_string(text: str) -> str:
     out: list[str] = []
     _write_string(text, out)
     return out[0] if len(out) == 1 else "".join(out)
+
+
+def encodes_as_utf8(text: str) -> bool:
+    """Whether ``text`` holds no surrogate code point, so strict UTF-8 carries it as it is.
+
+    JSON may escape a lone surrogate (``"\\ud800"``) and Python keeps undecodable argv bytes as ones;
+    SQLite, our JSON-RPC answers and our files are strict UTF-8 and would refuse them.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def js_utf8_encode(text: str) -> bytes:

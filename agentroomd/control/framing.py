@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from ratchet.jsjson import encodes_as_utf8
+
 MAX_LINE_BYTES = 1 << 20
 
 
@@ -83,10 +85,8 @@ def _check_text(value: Any) -> None:
     while pending:
         item = pending.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("a string holds a lone surrogate escape (\\uD800-\\uDFFF without its pair)") from None
+            if not encodes_as_utf8(item):
+                raise ValueError("a string holds a lone surrogate escape (\\uD800-\\uDFFF without its pair)")
         elif isinstance(item, dict):
             pending.extend(item.keys())
             pending.extend(item.values())

@@ -61,6 +61,7 @@ from ratchet.frames import (
     routed_from_claim,
     serialize_frame,
 )
+from ratchet.jsjson import encodes_as_utf8
 from ratchet.rand import SYSTEM_RANDOM, RandomSource
 from ratchet.signatures import verify_hello, verify_routed
 
@@ -344,7 +345,7 @@ class RelayApp:
     # ------------------------------------------------------------------ authentication
 
     async def _hello(self, conn: Connection, frame: Hello) -> None:
-        if not frame.ed25519_pk.isascii() and _has_lone_surrogate(frame.ed25519_pk):
+        if not frame.ed25519_pk.isascii() and not encodes_as_utf8(frame.ed25519_pk):
             # The lenient base64url decoder skips it, so the signature may verify; but an agent's key is its
             # name in tokens and in the database, neither of which can hold a lone surrogate.
             await self._error(conn, "BAD_FRAME", "invalid frame: ed25519_pk: lone surrogate", frame.msg_id)
@@ -549,14 +550,6 @@ def _payload_bytes(data: str | bytes, limit: int) -> int:
     if len(data) * 4 <= limit or len(data) > limit:
         return len(data)
     return len(data.encode("utf-8", "surrogatepass"))
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

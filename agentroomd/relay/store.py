@@ -38,6 +38,7 @@ import trio
 
 from agentroomd.log import Logger
 from agentroomd.relay.config import MEMORY_DB
+from ratchet.jsjson import js_utf8_encode
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -542,9 +543,7 @@ class RelayStore:
 def _sqlite_text(text: str) -> str:
     """``text`` as SQLite can hold it: a lone surrogate (a JSON string may escape one; UTF-8 cannot hold it) becomes
     U+FFFD, as Node's UTF-8 encoding makes it in the reference's database. Without this, binding it raises."""
-    if text.isascii():
-        return text
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text if text.isascii() else js_utf8_encode(text).decode("utf-8")
 
 
 def _count_pending(conn: sqlite3.Connection, to_pk: str) -> int:
