@@ -50,6 +50,7 @@ import trio
 
 from agentroomd.log import Logger, short_pk
 from agentroomd.systemd import scrubbed_environment
+from ratchet.jsjson import js_utf8_encode
 
 SHELL = "/bin/sh"
 LOOP_GUARD_WINDOW_S = 60.0
@@ -138,8 +139,8 @@ def decode_output(data: bytes) -> str:
 
 def _encode_message(text: str) -> bytes:
     # Message text may carry lone surrogates (it came from JSON written by JavaScript); give the
-    # handler valid UTF-8 with U+FFFD in their place.
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+    # handler valid UTF-8 with U+FFFD in their place, as Node would.
+    return js_utf8_encode(text)
 
 
 def _cut_utf8(data: bytes, cap: int) -> bytes:
